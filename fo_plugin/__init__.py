@@ -1,0 +1,64 @@
+"""SSL data curation for FiftyOne: the Python API (usable from a notebook, no App needed).
+
+Embeddings:
+    :func:`compute_ssl_embeddings` -- SSL embeddings as a field; the default proxy is trained on the images.
+Runs:
+    :func:`list_runs`, :func:`get_run_config`, :func:`load_run_results`, :func:`delete_run`.
+Data:
+    :func:`load_cifar10`, :func:`load_utkface` -- the bundled real image sets.
+
+Everything heavy is imported on first use, so ``import fo_plugin`` is cheap.
+"""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+
+def compute_ssl_embeddings(samples, embeddings_field="ssl_embedding", backbone="proxy", **kwargs):
+    """See :func:`fo_plugin.embeddings.compute_ssl_embeddings`."""
+    from .embeddings import compute_ssl_embeddings as f
+
+    return f(samples, embeddings_field, backbone, **kwargs)
+
+
+def list_runs(dataset, method=None):
+    """Keys of this library's runs on ``dataset`` (``method`` e.g. ``"ssl_embeddings"``)."""
+    from .runs import list_runs as f
+
+    return f(dataset, method)
+
+
+def get_run_config(dataset, run_key):
+    """The recorded configuration of a run, as a dict."""
+    from .runs import get_config
+
+    return get_config(dataset, run_key)
+
+
+def load_run_results(dataset, run_key):
+    """The stored results (counts, timings, ...) of a run, as a dict."""
+    from .runs import load_results
+
+    return load_results(dataset, run_key)
+
+
+def delete_run(dataset, run_key, delete_fields=True):
+    """Delete a run, its fields, saved views and artifacts."""
+    from .runs import delete_run as f
+
+    return f(dataset, run_key, delete_fields)
+
+
+def load_cifar10(name="cifar10-ssl", split="train", per_class=500, **kwargs):
+    """See :func:`fo_plugin.data.load_cifar10`."""
+    from .data import load_cifar10 as f
+
+    return f(name, split, per_class, **kwargs)
+
+
+def load_utkface(name="utkface-ssl", balanced=True, limit=None, **kwargs):
+    """See :func:`fo_plugin.data.load_utkface`."""
+    from .data import load_utkface as f
+
+    return f(name, balanced, limit, **kwargs)

@@ -1,0 +1,1 @@
+"""Numeric core: tensors in, tensors out. Nothing in this package imports FiftyOne."""

@@ -1,0 +1,37 @@
+"""Batched forward passes: uint8 images -> float32 features, on the device, with mixed precision on CUDA."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+import torch
+
+from .augment import AugmentConfig, augment, resize
+from .device import autocast
+from .images import to_float
+
+
+@torch.no_grad()
+def embed_array(fn: Callable[[torch.Tensor], torch.Tensor], images: np.ndarray, size: int, device: torch.device,
+                batch_size: int = 256, keys: torch.Tensor | None = None, aug: AugmentConfig | None = None,
+                seed: int = 0, view: int = 0) -> np.ndarray:
+    """Apply ``fn`` (a model taking [0, 1] images) to uint8 images (N, H, W, 3).
+
+    With ``aug`` and ``keys``, each image is first replaced by its augmented view ``view`` (see
+    :func:`augment.augment`), so views are identical whatever the batch size.
+
+    Returns:
+        float32 (N, D) numpy array.
+    """
+    out = []
+    for start in range(0, len(images), batch_size):
+        x = to_float(images[start:start + batch_size], device)
+        if aug is not None:
+            x = augment(x, keys[start:start + batch_size].to(device), aug, seed, view)
+        x = resize(x, size)
+        with autocast(device):
+            out.append(fn(x).float().cpu())
+    if not out:
+        return np.zeros((0, 0), dtype=np.float32)
+    return torch.cat(out).numpy()

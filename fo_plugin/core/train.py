@@ -1,0 +1,77 @@
+"""Train the SimCLR proxy on the images being curated (the offline default backbone)."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+import torch
+
+from .augment import AugmentConfig, augment
+from .device import autocast
+from .images import to_float
+from .models import ProxyConfig, ProxyModel
+from .ntxent import nt_xent
+
+
+@dataclass
+class TrainConfig:
+    """SimCLR proxy training (defaults follow the SAS code, scaled down for CPU).
+
+    Args:
+        epochs (10): passes over the images.
+        batch_size (256): images per step (2 views each).
+        lr (1e-3), weight_decay (1e-6): Adam, as in the SAS code.
+        temperature (0.5): NT-Xent temperature.
+        seed (0): fixes initialisation, batch order and augmentations.
+    """
+
+    epochs: int = 10
+    batch_size: int = 256
+    lr: float = 1e-3
+    weight_decay: float = 1e-6
+    temperature: float = 0.5
+    seed: int = 0
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+
+
+def train_proxy(images: np.ndarray, keys: torch.Tensor, cfg: TrainConfig, device: torch.device,
+                model_cfg: ProxyConfig | None = None,
+                progress: Callable[[float, str], None] | None = None) -> tuple[ProxyModel, list[dict]]:
+    """SimCLR training on uint8 images (N, S, S, 3) (an array or a memmap; read batch by batch).
+
+    Returns:
+        the model in eval mode, and one history row per epoch (loss, images/s).
+    """
+    n = len(images)
+    if n < 2:
+        raise ValueError(f"proxy training needs at least 2 images, got {n}")
+    torch.manual_seed(cfg.seed)
+    model = ProxyModel(model_cfg or ProxyConfig(image_size=cfg.augment.size)).to(device).train()
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    gen = np.random.default_rng(cfg.seed)
+    bs = min(cfg.batch_size, n)
+    history = []
+    for epoch in range(cfg.epochs):
+        t0, losses = time.perf_counter(), []
+        order = gen.permutation(n)
+        for start in range(0, n - bs + 1, bs):  # drop the last partial batch: BN and InfoNCE want full batches
+            idx = np.sort(order[start:start + bs])
+            x = to_float(images[idx], device)
+            k = keys[idx].to(device)
+            with autocast(device):
+                v1 = augment(x, k, cfg.augment, cfg.seed + epoch, 0)
+                v2 = augment(x, k, cfg.augment, cfg.seed + epoch, 1)
+                loss = nt_xent(model(v1), model(v2), cfg.temperature)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            losses.append(loss.item())
+        dt = time.perf_counter() - t0
+        row = {"epoch": epoch, "loss": float(np.mean(losses)), "images_per_s": (n // bs) * bs / dt}
+        history.append(row)
+        if progress:
+            progress((epoch + 1) / cfg.epochs, f"proxy epoch {epoch + 1}/{cfg.epochs}: loss {row['loss']:.3f}")
+    return model.eval(), history

@@ -1,0 +1,6 @@
+"""App-facing operators: collect inputs, call :mod:`fo_plugin`, report. No numeric work here."""
+
+from .embeddings import ComputeSSLEmbeddings
+from .runs import DeleteSSLRun
+
+OPERATORS = [ComputeSSLEmbeddings, DeleteSSLRun]

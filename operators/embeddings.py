@@ -1,0 +1,80 @@
+"""Operator: compute SSL embeddings (proxy trained here, or your model)."""
+
+from __future__ import annotations
+
+import fiftyone.operators as foo
+import fiftyone.operators.types as types
+
+from .common import CurationOperator, add_device_and_delegate, add_output_field, add_target, positive_int, report_errors
+
+BACKBONES = {
+    "proxy": "SimCLR proxy trained on these images (offline default)",
+    "open_clip": "open_clip model (name + pretrained tag or local checkpoint)",
+    "torchvision": "torchvision architecture + local weights file",
+    "torchscript": "TorchScript file",
+}
+
+
+class ComputeSSLEmbeddings(CurationOperator):
+    @property
+    def config(self):
+        return foo.OperatorConfig(
+            name="compute_ssl_embeddings",
+            label="SSL curation: compute SSL embeddings",
+            description="Embed images with a self-supervised model; the proxy is trained on the images themselves",
+            dynamic=True,
+            allow_immediate_execution=True,
+            allow_delegated_execution=True,
+        )
+
+    def resolve_input(self, ctx):
+        inputs = types.Object()
+        add_target(ctx, inputs)
+        choices = types.Dropdown()
+        for k, v in BACKBONES.items():
+            choices.add_choice(k, label=v)
+        inputs.enum("backbone", choices.values(), default="proxy", view=choices, label="Backbone")
+        backbone = ctx.params.get("backbone", "proxy")
+        if backbone == "proxy":
+            positive_int(ctx, inputs, "epochs", 10, "Proxy training epochs",
+                         "Skipped when this run already holds a proxy trained with the same settings")
+            inputs.str("checkpoint", label="Existing proxy checkpoint (optional)", required=False)
+        else:
+            inputs.str("model_name", required=backbone != "torchscript", label="Architecture name",
+                       description="e.g. ViT-B-32 (open_clip) or resnet18 (torchvision)")
+            inputs.str("checkpoint", required=backbone != "open_clip", label="Local weights / checkpoint file")
+            if backbone == "open_clip":
+                inputs.str("pretrained", required=False, label="Pretrained tag (needs cached weights offline)")
+        add_output_field(ctx, inputs, "embeddings_field", "ssl_embedding", "Embeddings field")
+        positive_int(ctx, inputs, "batch_size", 256, "Batch size", minimum=2)
+        add_device_and_delegate(inputs, ctx)
+        return types.Property(inputs, view=types.View(label="Compute SSL embeddings"))
+
+    def execute(self, ctx):
+        from fo_plugin import compute_ssl_embeddings
+
+        p = ctx.params
+        summary = compute_ssl_embeddings(
+            ctx.target_view(),
+            embeddings_field=p.get("embeddings_field", "ssl_embedding"),
+            backbone=p.get("backbone", "proxy"),
+            model_name=p.get("model_name") or None,
+            checkpoint=p.get("checkpoint") or None,
+            pretrained=p.get("pretrained") or None,
+            epochs=int(p.get("epochs", 10)),
+            batch_size=int(p.get("batch_size", 256)),
+            device=p.get("device", "auto"),
+            progress=self.progress(ctx),
+        )
+        report_errors(ctx, summary)
+        return {k: v for k, v in summary.items() if k != "train_history"}
+
+    def resolve_output(self, ctx):
+        outputs = types.Object()
+        outputs.str("embeddings_field", label="Embeddings field")
+        outputs.int("num_embedded", label="Images embedded")
+        outputs.int("num_failed", label="Images that could not be read (see the error field)")
+        outputs.str("error_field", label="Error field")
+        outputs.bool("trained_proxy", label="Trained a new proxy")
+        outputs.str("checkpoint", label="Checkpoint")
+        return types.Property(outputs, view=types.View(label="SSL embeddings computed"))
