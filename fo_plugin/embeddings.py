@@ -7,6 +7,7 @@ already holds it.
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 import time
@@ -108,7 +109,7 @@ def compute_ssl_embeddings(
 
     config = {"embeddings_field": embeddings_field, "error_field": error_field, "backbone": spec.to_dict(),
               "train": _train_dict(train_cfg, proxy_width) if backbone == "proxy" else None,
-              "device": str(dev), "batch_size": batch_size, "view_stages": samples.view()._serialize()}
+              "device": str(dev), "batch_size": batch_size, "view_stages": json.dumps(samples.view()._serialize())}
     runs.start_run(dataset, run_key, METHOD, [embeddings_field, error_field], config, overwrite=overwrite)
 
     runs.ensure_field(dataset, embeddings_field, fo.VectorField)

@@ -1,0 +1,89 @@
+"""Test environment: real FiftyOne with its embedded MongoDB, this folder registered as a plugin, real images.
+
+One database and one set of datasets per pytest session (starting mongod costs ~10-20 s).
+"""
+
+import os
+import sys
+import tempfile
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+os.environ.setdefault("FIFTYONE_DATABASE_DIR", os.path.join(ROOT, ".fiftyone", "db"))
+os.environ.setdefault("FIFTYONE_DATABASE_VALIDATION", "false")
+os.environ.setdefault("FIFTYONE_DO_NOT_TRACK", "true")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("FO_SSL_CACHE_DIR", os.path.join(ROOT, ".cache", "fo-ssl"))
+_plugins = os.path.join(ROOT, ".fiftyone", "test-plugins")
+os.makedirs(_plugins, exist_ok=True)
+if not os.path.islink(os.path.join(_plugins, "ssl-curation")):
+    os.symlink(ROOT, os.path.join(_plugins, "ssl-curation"))
+os.environ["FIFTYONE_PLUGINS_DIR"] = _plugins
+sys.path.insert(0, ROOT)
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+from PIL import Image  # noqa: E402
+
+PLUGIN = "@fo-ssl/ssl-curation"
+
+
+def run_op(name, dataset, params, **ctx):
+    """Execute our operator through FiftyOne's operator execution; returns the ExecutionResult."""
+    import types
+
+    import fiftyone.operators as foo
+    from fiftyone.operators.executor import ExecutionError
+
+    try:
+        return foo.execute_operator(f"{PLUGIN}/{name}", ctx={"dataset": dataset.name, "params": params, **ctx})
+    except ExecutionError as e:  # validation (form) errors are raised rather than returned
+        return types.SimpleNamespace(error=str(e), result=None)
+
+
+@pytest.fixture(scope="session")
+def tmp_images():
+    with tempfile.TemporaryDirectory(prefix="fo-ssl-test-") as d:
+        yield d
+
+
+@pytest.fixture(scope="session")
+def cifar_files():
+    """40 CIFAR-10 training images per class (400 real images), extracted once."""
+    from fo_plugin.data import cifar10_files
+
+    return cifar10_files("train", per_class=40)
+
+
+def _perturb(arr: np.ndarray, k: int) -> np.ndarray:
+    """A near-identical copy: small brightness shift plus JPEG re-encoding (done by the caller's save)."""
+    return np.clip(arr.astype(np.int16) + (2 + k % 3), 0, 255).astype(np.uint8)
+
+
+@pytest.fixture(scope="session")
+def cifar_dataset(cifar_files, tmp_images):
+    """400 real CIFAR-10 images + 20 near-identical copies (tag ``copy``, field ``copy_of`` = the original's id)."""
+    import fiftyone as fo
+
+    ds = fo.Dataset()
+    samples = [fo.Sample(filepath=p, ground_truth=fo.Classification(label=str(lab))) for p, lab, _ in cifar_files]
+    ds.add_samples(samples, progress=False)
+    originals = ds.select([s.id for s in samples[::20]])
+    copies = []
+    for k, s in enumerate(originals):
+        arr = _perturb(np.asarray(Image.open(s.filepath).convert("RGB")), k)
+        path = os.path.join(tmp_images, f"copy_{k}.jpg")
+        Image.fromarray(arr).save(path, quality=90)
+        copies.append(fo.Sample(filepath=path, tags=["copy"], copy_of=s.id,
+                                ground_truth=s.ground_truth.copy()))
+    ds.add_samples(copies, progress=False)
+    yield ds
+    ds.delete()
+
+
+@pytest.fixture(scope="session")
+def embedded(cifar_dataset):
+    """The cifar dataset with proxy embeddings (6 epochs), computed once via the operator."""
+    res = run_op("compute_ssl_embeddings", cifar_dataset,
+                 {"view_target": "DATASET", "epochs": 6, "batch_size": 128})
+    assert res.error is None, res.error
+    return cifar_dataset, res.result
