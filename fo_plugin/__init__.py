@@ -2,6 +2,8 @@
 
 Embeddings:
     :func:`compute_ssl_embeddings` -- SSL embeddings as a field; the default proxy is trained on the images.
+Subsets:
+    :func:`compute_clcore` -- CL-Core / SAS scores, ranks, latent classes and a budgeted subset.
 Runs:
     :func:`list_runs`, :func:`get_run_config`, :func:`load_run_results`, :func:`delete_run`.
 Data:
@@ -20,6 +22,13 @@ def compute_ssl_embeddings(samples, embeddings_field="ssl_embedding", backbone="
     from .embeddings import compute_ssl_embeddings as f
 
     return f(samples, embeddings_field, backbone, **kwargs)
+
+
+def compute_clcore(samples, run_key="clcore", **kwargs):
+    """See :func:`fo_plugin.clcore.compute_clcore`."""
+    from .clcore import compute_clcore as f
+
+    return f(samples, run_key, **kwargs)
 
 
 def list_runs(dataset, method=None):

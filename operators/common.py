@@ -55,6 +55,24 @@ def add_output_field(ctx, inputs: types.Object, name: str, default: str, label: 
     return value
 
 
+def add_run_key(ctx, inputs: types.Object, default: str, fields_of) -> str:
+    """A run-key input whose fields (``fields_of(key)``) must not overwrite a user's or another run's fields."""
+    from fo_plugin import runs
+
+    key = ctx.params.get("run_key") or default
+    prop = inputs.str("run_key", default=default, required=False, label="Run key",
+                      description="Names the run and prefixes its fields")
+    try:
+        runs.validate_name(key, "run key")
+        problems = [p for f in fields_of(key) if (p := runs.field_conflict(ctx.dataset, key, f))]
+    except ValueError as e:
+        problems = [str(e)]
+    if problems:
+        prop.invalid = True
+        prop.error_message = problems[0]
+    return key
+
+
 def positive_int(ctx, inputs: types.Object, name: str, default: int, label: str, description: str = "",
                  minimum: int = 1):
     prop = inputs.int(name, default=default, label=label, description=description, min=minimum)

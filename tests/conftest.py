@@ -76,6 +76,7 @@ def cifar_dataset(cifar_files, tmp_images):
         copies.append(fo.Sample(filepath=path, tags=["copy"], copy_of=s.id,
                                 ground_truth=s.ground_truth.copy()))
     ds.add_samples(copies, progress=False)
+    del samples, copies, originals, s  # live Sample objects would be reloaded on every set_values
     yield ds
     ds.delete()
 

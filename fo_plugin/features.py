@@ -1,0 +1,94 @@
+"""Read what earlier runs produced: the SSL model of an embeddings run, or a stored vector field, as tensors in a
+canonical sample order (sorted by a hash of the sample id), so that every score is independent of view order."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+import fiftyone as fo
+
+from . import runs
+from .core import rng
+from .core.augment import AugmentConfig
+from .core.backbones import Backbone, load_backbone
+from .core.embed import embed_array
+from .core.images import iter_decoded
+
+
+def canonical(samples: fo.core.collections.SampleCollection) -> tuple[list[str], list[str]]:
+    """``(ids, filepaths)`` of ``samples`` sorted by (hash of id, id): the same order for any view order."""
+    ids, paths = samples.values(["id", "filepath"])
+    keys = rng.sample_keys(ids).tolist()
+    order = sorted(range(len(ids)), key=lambda i: (keys[i], ids[i]))
+    return [ids[i] for i in order], [paths[i] for i in order]
+
+
+def embeddings_run_config(dataset: fo.Dataset, run_key: str) -> dict:
+    """The config of ssl_embeddings run ``run_key``, with a clear error if there is none."""
+    cfg = runs.get_config(dataset, run_key)
+    if cfg is None or cfg.get("method") != runs.METHOD_PREFIX + "ssl_embeddings":
+        have = runs.list_runs(dataset, "ssl_embeddings")
+        raise ValueError(f"no SSL embeddings run {run_key!r} on dataset {dataset.name!r} "
+                         f"(runs: {have or 'none'}); run compute_ssl_embeddings first")
+    if cfg.get("status") != "complete":
+        raise ValueError(f"embeddings run {run_key!r} did not complete; run compute_ssl_embeddings again")
+    return cfg
+
+
+def load_run_model(dataset: fo.Dataset, run_key: str, device: torch.device) -> tuple[Backbone, AugmentConfig]:
+    """The backbone of an embeddings run (the proxy with its projection head) and the augmentations it was
+    trained with (SimCLR defaults at the model's input size when the run trained nothing)."""
+    cfg = embeddings_run_config(dataset, run_key)
+    net = load_backbone(cfg["backbone"]).to(device).eval()
+    train = cfg.get("train") or {}
+    aug = AugmentConfig.from_dict({**(train.get("augment") or {}), "size": net.image_size})
+    return net, aug
+
+
+def project_views(net: Backbone, paths: list[str], keys: torch.Tensor, num_views: int, aug: AugmentConfig,
+                  seed: int, device: torch.device, batch_size: int = 256, project: bool = True,
+                  progress=None) -> tuple[torch.Tensor, np.ndarray, list[str | None]]:
+    """(V, N, D) outputs of ``net`` (its SSL projection if ``project``) for V views per image: V = 1 is the
+    unaugmented image; V > 1 are independent augmentations keyed by (seed, sample, view).
+
+    Returns:
+        ``(z, ok, errors)``: z on ``device`` with zero rows where decoding failed, the success mask, the messages.
+    """
+    fn = net.project if project else net
+    chunks, oks, errors = [], [], []
+    for start, images, ok, errs in iter_decoded(paths, net.image_size, batch_size=max(batch_size, 256)):
+        k = keys[start:start + len(images)]
+        if num_views == 1:
+            z = embed_array(fn, images, net.image_size, device, batch_size)[None]
+        else:
+            z = np.stack([embed_array(fn, images, net.image_size, device, batch_size, keys=k, aug=aug, seed=seed,
+                                      view=v) for v in range(num_views)])
+        chunks.append(torch.as_tensor(z))
+        oks.append(ok)
+        errors += errs
+        if progress:
+            progress((start + len(images)) / len(paths), f"projected {start + len(images)}/{len(paths)} images")
+    z = torch.cat(chunks, dim=1).to(device)
+    ok = np.concatenate(oks)
+    z[:, ~torch.as_tensor(ok, device=device)] = 0
+    return z, ok, errors
+
+
+def field_vectors(samples: fo.core.collections.SampleCollection, field: str, ids: list[str]
+                  ) -> tuple[torch.Tensor, np.ndarray]:
+    """Stored vectors of ``field`` in the order of ``ids`` as (1, N, D), with a mask of samples that have one."""
+    schema = samples.get_field_schema()
+    if field not in schema:
+        raise ValueError(f"field {field!r} does not exist")
+    if not isinstance(schema[field], (fo.VectorField, fo.ArrayField, fo.ListField)):
+        raise ValueError(f"field {field!r} is a {type(schema[field]).__name__}, not a vector field")
+    by_id = dict(zip(*samples.values(["id", field])))
+    vals = [by_id.get(i) for i in ids]
+    dim = next((len(v) for v in vals if v is not None), None)
+    if dim is None:
+        raise ValueError(f"no sample in the target view has a value in field {field!r}")
+    ok = np.array([v is not None and len(v) == dim for v in vals])
+    z = np.zeros((len(ids), dim), dtype=np.float32)
+    z[ok] = np.stack([np.asarray(v, dtype=np.float32) for v, o in zip(vals, ok) if o])
+    return torch.as_tensor(z)[None], ok
