@@ -12,15 +12,15 @@ Selection modes:
         class's examples sorted by r_i.
     ``greedy``: the paper's objective with the redundancy penalty, per class,
         F(S) = sum_{i in S} r_i - sum_{i < j in S} max(s_ij, 0),  gain(i | S) = r_i - sum_{s in S} max(s_si, 0),
-        maximised by lazy greedy (gains only fall as S grows, so stale gains are upper bounds). The paper's
-        double-greedy refinement is not reproduced (the authors' code has none either).
+        maximised greedily with every gain kept current by one row of s per choice (the same choices as the
+        authors' lazy greedy would make with a working penalty, without its heap). The paper's double-greedy
+        refinement is not reproduced (the authors' code has none either).
 
 Both keep a class-stratified budget. Similarities are computed in (tile x tile) blocks: no N x N matrix.
 """
 
 from __future__ import annotations
 
-import heapq
 from typing import Callable
 
 import numpy as np
@@ -68,38 +68,28 @@ def released_order(r: np.ndarray) -> np.ndarray:
 
 
 def greedy_order(views: ViewSet, r: np.ndarray, budget: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Lazy greedy on F(S) = sum_{i in S} r_i - sum_{i<j in S} max(s_ij, 0).
+    """Greedy on F(S) = sum_{i in S} r_i - sum_{i<j in S} max(s_ij, 0), all gains kept current.
 
-    Each example keeps a stale gain in a max-heap and the number of chosen examples its penalty already
-    accounts for; a popped example is refreshed against the examples chosen since (one small matmul) and
-    chosen if it still beats the next best stale gain.
+    Choosing i lowers every other gain by max(s_i., 0): one row of s (a (1, D) x (D, n) product) per step, so
+    each step is one vectorised update and one argmax instead of the heap re-evaluations of a lazy greedy. The
+    choices are the same (gains only fall, ties go to the lower position; tested against a brute-force greedy).
 
     Returns:
         (order, gains): positions in choice order (length ``budget``, default all) and each one's gain when chosen.
     """
     n = len(r)
     budget = n if budget is None else min(budget, n)
-    heap = [(-float(r[i]), i) for i in range(n)]
-    heapq.heapify(heap)
-    penalty = np.zeros(n)
-    seen = np.zeros(n, dtype=np.int64)
-    chosen: list[int] = []
-    gains: list[float] = []
-    while heap and len(chosen) < budget:
-        _, i = heapq.heappop(heap)
-        if seen[i] < len(chosen):
-            new = torch.as_tensor(chosen[seen[i]:], device=views.zsum.device)
-            penalty[i] += views.block(torch.tensor([i], device=new.device), new).clamp_min(0).sum().item()
-            seen[i] = len(chosen)
-            gain = r[i] - penalty[i]
-            if heap and (-heap[0][0] > gain or (-heap[0][0] == gain and heap[0][1] < i)):
-                heapq.heappush(heap, (-gain, i))
-                continue
-        else:
-            gain = r[i] - penalty[i]
-        chosen.append(i)
-        gains.append(gain)
-    return np.asarray(chosen, dtype=np.int64), np.asarray(gains)
+    dev = views.zsum.device
+    gain = torch.as_tensor(np.asarray(r, dtype=np.float64), device=dev).clone()
+    taken = torch.zeros(n, dtype=torch.bool, device=dev)
+    order = torch.empty(budget, dtype=torch.int64, device=dev)
+    gains = torch.empty(budget, dtype=torch.float64, device=dev)
+    for step in range(budget):
+        i = int(torch.argmax(gain.masked_fill(taken, float("-inf"))))  # first maximum: ties to the lower position
+        order[step], gains[step] = i, gain[i]
+        taken[i] = True
+        gain -= views.block(slice(i, i + 1), slice(None))[0].clamp_min(0).double()
+    return order.cpu().numpy(), gains.cpu().numpy()
 
 
 def quotas(sizes: np.ndarray, budget: int) -> np.ndarray:
