@@ -4,6 +4,9 @@ Embeddings:
     :func:`compute_ssl_embeddings` -- SSL embeddings as a field; the default proxy is trained on the images.
 Subsets:
     :func:`compute_clcore` -- CL-Core / SAS scores, ranks, latent classes and a budgeted subset.
+Influence:
+    :func:`compute_ssl_influence` -- label-free self-influence, augmentation loss, duplicate pairs.
+    :func:`find_influential_training_samples` -- "what shaped this image": proponents and opponents.
 Runs:
     :func:`list_runs`, :func:`get_run_config`, :func:`load_run_results`, :func:`delete_run`.
 Data:
@@ -29,6 +32,20 @@ def compute_clcore(samples, run_key="clcore", **kwargs):
     from .clcore import compute_clcore as f
 
     return f(samples, run_key, **kwargs)
+
+
+def compute_ssl_influence(samples, run_key="influence", **kwargs):
+    """See :func:`fo_plugin.influence.compute_ssl_influence`."""
+    from .influence import compute_ssl_influence as f
+
+    return f(samples, run_key, **kwargs)
+
+
+def find_influential_training_samples(samples, query_ids, influence_run="influence", run_key="shaped", **kwargs):
+    """See :func:`fo_plugin.influence.find_influential_training_samples`."""
+    from .influence import find_influential_training_samples as f
+
+    return f(samples, query_ids, influence_run, run_key, **kwargs)
 
 
 def list_runs(dataset, method=None):

@@ -35,6 +35,7 @@ def main(argv=None) -> None:
     ap.add_argument("--per-class", type=int, default=500, help="CIFAR-10 training images per class")
     ap.add_argument("--full", action="store_true", help="all 50,000 training images")
     ap.add_argument("--epochs", type=int, default=10, help="proxy training epochs")
+    ap.add_argument("--budget", type=float, default=0.8, help="CL-Core: fraction of images to keep")
     ap.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     ap.add_argument("--fresh", action="store_true", help="rebuild the dataset and retrain the proxy")
     args = ap.parse_args(argv)
@@ -52,6 +53,14 @@ def main(argv=None) -> None:
     print(f"compute_ssl_embeddings: {verb} {emb['num_embedded']} images, {emb['num_failed']} failed, "
           f"dim {emb['embedding_dim']} on {emb['device']} ({time.perf_counter() - t:.1f} s)")
     print(f"  fields: {emb['embeddings_field']}, {emb['error_field']}; checkpoint: {emb['checkpoint']}")
+
+    t = time.perf_counter()
+    core = run_operator("compute_clcore", ds.name, {"embeddings_run": "ssl_embedding", "latent": "kmeans",
+                                                     "num_classes": 10, "budget": args.budget, "device": args.device})
+    print(f"compute_clcore: scored {core['num_scored']} images in {core['num_classes']} latent classes (k-means), "
+          f"kept {core['num_selected']} ({time.perf_counter() - t:.1f} s)")
+    print(f"  fields: {', '.join(core['fields'])}")
+    print(f"  saved views: {'; '.join(core['saved_views'])}")
 
     print(f"runs on the dataset: {fo_plugin.list_runs(ds)}")
     print(f"total {time.perf_counter() - t0:.1f} s")

@@ -2,6 +2,7 @@
 
 from .clcore import ComputeCLCore
 from .embeddings import ComputeSSLEmbeddings
+from .influence import ComputeSSLInfluence, FindInfluentialTrainingSamples
 from .runs import DeleteSSLRun
 
-OPERATORS = [ComputeSSLEmbeddings, ComputeCLCore, DeleteSSLRun]
+OPERATORS = [ComputeSSLEmbeddings, ComputeCLCore, ComputeSSLInfluence, FindInfluentialTrainingSamples, DeleteSSLRun]

@@ -1,0 +1,108 @@
+"""EK-FAC influence through the ``kronfluence`` package (Grosse et al. 2023), arranged so that each example is one
+row: kronfluence treats every row a module sees as an example, so the K + 1 views of a batch go through the model
+in K + 1 separate calls of B rows each, and ``has_shared_parameters=True`` makes kronfluence sum each example's
+per-call gradients into its gradient g(x) (self-influence has cross terms between views).
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import os
+
+import numpy as np
+import torch
+from torch.utils import data
+
+from .influence import InfluenceConfig, SSLOutput, loss_from_outputs, make_views
+
+
+class UInt8Images(data.Dataset):
+    """(image uint8 (3, S, S), key) pairs over an (N, S, S, 3) array or memmap."""
+
+    def __init__(self, images: np.ndarray, keys: torch.Tensor):
+        self.images, self.keys = images, keys
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, i):
+        return torch.from_numpy(np.ascontiguousarray(self.images[i])).permute(2, 0, 1), self.keys[i]
+
+
+def _task(cfg: InfluenceConfig, device: torch.device):
+    from kronfluence.task import Task
+
+    class AugmentationTask(Task):
+        """l(x) = mean_k (1 - cos(f(x), f(t_k x))), summed over the batch; the empirical Fisher (no sampling).
+
+        ``enable_post_process_per_sample_gradient`` (an identity post-process) routes kronfluence 1.0.1's pairwise
+        scores through its accumulating path: its default path keeps only the last call's contribution when
+        parameters are shared, so train-to-sample scores would miss K of the K + 1 views.
+        """
+
+        enable_post_process_per_sample_gradient = True
+
+        def post_process_per_sample_gradient(self, module_name: str, gradient: torch.Tensor) -> torch.Tensor:
+            return gradient
+
+        def compute_train_loss(self, batch, model, sample: bool = False) -> torch.Tensor:
+            x, keys = batch
+            x = x.to(device).float().div_(255)
+            outs = [model(v) for v in make_views(x, keys.to(device), cfg)]  # K + 1 calls of B rows
+            return loss_from_outputs(outs).sum()
+
+        def compute_measurement(self, batch, model) -> torch.Tensor:
+            return self.compute_train_loss(batch, model)
+
+    return AugmentationTask()
+
+
+class EKFAC:
+    """Fitted EK-FAC factors for one model and one augmentation task, cached under ``out_dir``."""
+
+    def __init__(self, f: SSLOutput, cfg: InfluenceConfig, out_dir: str, device: torch.device, batch_size: int = 64):
+        from kronfluence.analyzer import Analyzer, prepare_model
+        from kronfluence.utils.dataset import DataLoaderKwargs
+
+        logging.getLogger("kronfluence").setLevel(logging.WARNING)
+        self.cfg, self.device, self.batch_size = cfg, device, batch_size
+        self.task = _task(cfg, device)
+        model = prepare_model(copy.deepcopy(f).eval().to(device), self.task)
+        os.makedirs(out_dir, exist_ok=True)
+        self.analyzer = Analyzer("ssl_influence", model, self.task, cpu=device.type == "cpu", disable_tqdm=True,
+                                 output_dir=out_dir, disable_model_save=True)
+        self.analyzer.set_dataloader_kwargs(DataLoaderKwargs(num_workers=0))
+
+    def _factor_args(self, max_examples: int | None):
+        from kronfluence.arguments import FactorArguments
+
+        return FactorArguments(strategy="ekfac", use_empirical_fisher=True, has_shared_parameters=True,
+                               covariance_max_examples=max_examples, lambda_max_examples=max_examples)
+
+    def _score_args(self):
+        from kronfluence.arguments import ScoreArguments
+
+        return ScoreArguments(damping_factor=self.cfg.damping)  # None: 0.1 x mean eigenvalue
+
+    def fit(self, images: np.ndarray, keys: torch.Tensor, max_examples: int | None = None) -> None:
+        """Covariances, eigendecomposition and eigenvalue correction over ``images`` (reused when on disk)."""
+        self.analyzer.fit_all_factors("ekfac", UInt8Images(images, keys), per_device_batch_size=self.batch_size,
+                                      factor_args=self._factor_args(max_examples), overwrite_output_dir=False)
+
+    def self_influence(self, images: np.ndarray, keys: torch.Tensor, name: str = "self") -> np.ndarray:
+        """SI(x) = g^T (H + lambda I)^-1 g for each image, (N,)."""
+        self.analyzer.compute_self_scores(name, "ekfac", UInt8Images(images, keys),
+                                          per_device_train_batch_size=self.batch_size,
+                                          score_args=self._score_args(), overwrite_output_dir=True)
+        return self.analyzer.load_self_scores(name)["all_modules"].double().cpu().numpy()
+
+    def pairwise(self, query: np.ndarray, query_keys: torch.Tensor, train: np.ndarray, train_keys: torch.Tensor,
+                 name: str = "pairwise") -> np.ndarray:
+        """I(z, x) = -g(x)^T (H + lambda I)^-1 g(z) for queries x and training images z, (Q, N)."""
+        self.analyzer.compute_pairwise_scores(name, "ekfac", UInt8Images(query, query_keys),
+                                              UInt8Images(train, train_keys),
+                                              per_device_query_batch_size=min(self.batch_size, len(query)),
+                                              per_device_train_batch_size=self.batch_size,
+                                              score_args=self._score_args(), overwrite_output_dir=True)
+        return -self.analyzer.load_pairwise_scores(name)["all_modules"].double().cpu().numpy()

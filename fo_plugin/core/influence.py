@@ -1,0 +1,159 @@
+"""Label-free influence for SSL (Harilal et al., "Where Did Your Model Learn That?", arXiv 2412.17170).
+
+The augmented view takes the place of the label. Per-example loss, with t_k the SSL method's own augmentations
+drawn with fixed seeds (keyed by sample and view, so scores do not depend on batching):
+
+    l(x) = (1/K) sum_k [1 - cos(f(x), f(t_k(x)))]
+    g(x) = d l(x) / d theta            (theta: the weights of every Conv2d / Linear layer; BatchNorm in eval mode)
+    SI(x)   = g(x)^T (H + lambda I)^-1 g(x)              self-influence (>= 0; high = atypical / memorised)
+    I(z, x) = -g(x)^T (H + lambda I)^-1 g(z)             train-to-sample influence (Koh & Liang sign: negative
+                                                          = upweighting z lowers x's loss = z is a proponent)
+
+Curvature H: ``ekfac`` (the paper; via the ``kronfluence`` package on the empirical Fisher of l, damping
+0.1 x mean eigenvalue unless given), ``diagonal`` (diagonal empirical Fisher) and ``identity`` (H + lambda I = I:
+SI = ||g||^2, TracIn at one checkpoint). The authors released no code: K, the output used (projection or
+backbone), the tracked layers and the damping are our choices, exposed as parameters and recorded with each run.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Callable, Iterator
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.func import functional_call, grad, vmap
+
+from .augment import AugmentConfig, augment
+
+CURVATURES = ("ekfac", "diagonal", "identity")
+OUTPUTS = ("projection", "backbone")
+
+
+@dataclass
+class InfluenceConfig:
+    """Choices that define the scores (all recorded with the run).
+
+    Args:
+        num_augs (4): K augmented views per image in l(x).
+        output ("projection"): which output f is: the SSL projection head or the backbone features.
+        curvature ("ekfac"): ``"ekfac"``, ``"diagonal"`` or ``"identity"``.
+        damping (None): lambda; None = 0.1 x the mean eigenvalue (EK-FAC) / mean diagonal (diagonal).
+        seed (0): fixes the augmentations t_k.
+        augment: the augmentation recipe (the SSL model's own).
+    """
+
+    num_augs: int = 4
+    output: str = "projection"
+    curvature: str = "ekfac"
+    damping: float | None = None
+    seed: int = 0
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["augment"] = self.augment.to_dict()
+        return d
+
+
+class SSLOutput(nn.Module):
+    """f: images in [0, 1] -> the chosen SSL output of a backbone (see :mod:`backbones`)."""
+
+    def __init__(self, net: nn.Module, output: str = "projection"):
+        super().__init__()
+        if output not in OUTPUTS:
+            raise ValueError(f"output must be one of {OUTPUTS}, got {output!r}")
+        self.net, self.output = net, output
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net.project(x) if self.output == "projection" else self.net(x)
+
+
+def make_views(x: torch.Tensor, keys: torch.Tensor, cfg: InfluenceConfig) -> list[torch.Tensor]:
+    """[x, t_1(x), ..., t_K(x)], each (B, 3, S, S); view k uses (seed, key, k) so it never depends on the batch."""
+    return [x] + [augment(x, keys, cfg.augment, cfg.seed, k) for k in range(1, cfg.num_augs + 1)]
+
+
+def loss_from_outputs(outs: list[torch.Tensor]) -> torch.Tensor:
+    """Per-example l = mean_k (1 - cos(f(x), f(t_k x))): outs = [f(x), f(t_1 x), ...], each (B, D) -> (B,)."""
+    ref = outs[0].float()
+    return torch.stack([1 - F.cosine_similarity(ref, o.float(), dim=-1) for o in outs[1:]]).mean(0)
+
+
+def tracked_parameters(model: nn.Module) -> list[str]:
+    """Names of the weights of every Conv2d / Linear layer (what EK-FAC covers; biases and norms excluded)."""
+    return [f"{name}.weight" if name else "weight" for name, m in model.named_modules()
+            if isinstance(m, (nn.Conv2d, nn.Linear))]
+
+
+@torch.no_grad()
+def aug_losses(f: SSLOutput, x: torch.Tensor, keys: torch.Tensor, cfg: InfluenceConfig) -> torch.Tensor:
+    """l(x) for a batch, (B,)."""
+    return loss_from_outputs([f(v) for v in make_views(x, keys, cfg)])
+
+
+def per_example_grads(f: SSLOutput, x: torch.Tensor, keys: torch.Tensor, cfg: InfluenceConfig,
+                      chunk: int = 32) -> torch.Tensor:
+    """g(x) for a batch as (B, P) float32, P = number of tracked weights (``torch.func``: vmap of grad)."""
+    names = tracked_parameters(f)
+    params = dict(f.named_parameters())
+    tracked = {n: params[n].detach() for n in names}
+    fixed = {n: p.detach() for n, p in params.items() if n not in tracked}
+    fixed.update(dict(f.named_buffers()))
+    views = torch.stack(make_views(x, keys, cfg), dim=1)  # (B, K+1, 3, S, S)
+
+    def loss_one(tr, v):  # v: (K+1, 3, S, S), one example
+        out = functional_call(f, {**tr, **fixed}, (v,))  # (K+1, D)
+        return (1 - F.cosine_similarity(out[:1].float(), out[1:].float(), dim=-1)).mean()
+
+    g_fn = vmap(grad(loss_one), in_dims=(None, 0))
+    rows = []
+    for s in range(0, len(views), chunk):
+        g = g_fn(tracked, views[s:s + chunk])
+        rows.append(torch.cat([g[n].reshape(g[n].shape[0], -1) for n in names], dim=1).float())
+    return torch.cat(rows)
+
+
+class CountSketch:
+    """A random projection R^P -> R^d that needs no (P, d) matrix: each coordinate goes to one of d buckets with
+    a random sign. Inner products are preserved in expectation (error ~ |a| |b| / sqrt(d))."""
+
+    def __init__(self, p: int, d: int, seed: int = 0, device="cpu"):
+        g = torch.Generator().manual_seed(seed)
+        self.bucket = torch.randint(d, (p,), generator=g).to(device)
+        self.sign = (torch.randint(2, (p,), generator=g) * 2 - 1).float().to(device)
+        self.d = d
+
+    def __call__(self, g: torch.Tensor) -> torch.Tensor:  # (B, P) -> (B, d)
+        out = torch.zeros(g.shape[0], self.d, dtype=g.dtype, device=g.device)
+        return out.index_add_(1, self.bucket, g * self.sign)
+
+
+BatchIter = Callable[[], Iterator[tuple[torch.Tensor, torch.Tensor]]]
+
+
+def fit_diagonal(f: SSLOutput, batches: BatchIter, cfg: InfluenceConfig) -> tuple[torch.Tensor, float]:
+    """Diagonal empirical Fisher E[g^2] over the fit batches and the damping used with it."""
+    total, n = None, 0
+    for x, k in batches():
+        g = per_example_grads(f, x, k, cfg)
+        total = g.pow(2).sum(0) if total is None else total + g.pow(2).sum(0)
+        n += len(g)
+    diag = total / max(n, 1)
+    damping = cfg.damping if cfg.damping is not None else 0.1 * diag.mean().item()
+    return diag, damping
+
+
+def preconditioner(cfg: InfluenceConfig, diag: torch.Tensor | None, damping: float) -> torch.Tensor | None:
+    """(H + lambda I)^-1/2 as a vector for the diagonal mode; None (identity) otherwise."""
+    if cfg.curvature == "diagonal":
+        return (diag + damping).rsqrt()
+    return None
+
+
+def spearman(a: np.ndarray, b: np.ndarray) -> float:
+    """Spearman rank correlation (no ties handling needed for continuous scores)."""
+    ra, rb = np.argsort(np.argsort(a)), np.argsort(np.argsort(b))
+    return float(np.corrcoef(ra, rb)[0, 1])

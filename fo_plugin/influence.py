@@ -1,0 +1,352 @@
+"""``compute_ssl_influence`` (self-influence, augmentation loss, rank, duplicate pairs) and
+``find_influential_training_samples`` ("what shaped this image"), as fields, saved views and recorded runs.
+
+The method and its reconstruction from the paper are described in :mod:`fo_plugin.core.influence`.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+from typing import Callable
+
+import numpy as np
+import torch
+
+import fiftyone as fo
+from fiftyone import ViewField as F
+
+from . import runs
+from .core import rng
+from .core.ekfac import EKFAC
+from .core.images import iter_decoded, to_float
+from .core.influence import (CURVATURES, OUTPUTS, CountSketch, InfluenceConfig, SSLOutput, aug_losses, fit_diagonal,
+                             per_example_grads, preconditioner, tracked_parameters)
+from .core.device import resolve_device
+from .features import canonical, load_run_model
+
+METHOD = runs.METHOD_PREFIX + "ssl_influence"
+QUERY_METHOD = runs.METHOD_PREFIX + "influence_query"
+
+
+def _noop(_f: float, _label: str) -> None:
+    pass
+
+
+def influence_fields(run_key: str) -> dict[str, str]:
+    """The sample fields an influence run writes (prefixed with its key)."""
+    return {k: f"{run_key}_{k}" for k in ("self_influence", "rank", "percentile", "aug_loss", "dup_of", "dup_score")}
+
+
+class _Pool:
+    """The decoded target images (a temporary uint8 memmap: bounded memory), their keys and batches."""
+
+    def __init__(self, paths: list[str], ids: list[str], size: int, folder: str):
+        self.tmp = tempfile.TemporaryDirectory(dir=folder)
+        self.images = np.lib.format.open_memmap(os.path.join(self.tmp.name, "images.npy"), mode="w+",
+                                                dtype=np.uint8, shape=(len(paths), size, size, 3))
+        ok = np.zeros(len(paths), dtype=bool)
+        for start, images, good, _ in iter_decoded(paths, size):
+            self.images[start:start + len(images)] = images
+            ok[start:start + len(images)] = good
+        self.valid = np.flatnonzero(ok)
+        self.ids = [ids[i] for i in self.valid]
+        self.keys = rng.sample_keys(self.ids)
+
+    def subset(self, rows: np.ndarray) -> np.ndarray:
+        return self.images[self.valid[rows]]
+
+    def batches(self, device, batch_size: int, rows: np.ndarray | None = None):
+        rows = np.arange(len(self.valid)) if rows is None else rows
+        for s in range(0, len(rows), batch_size):
+            r = rows[s:s + batch_size]
+            yield to_float(self.subset(r), device), self.keys[r].to(device)
+
+    def close(self) -> None:
+        del self.images
+        self.tmp.cleanup()
+
+
+def _config(cfg: dict | None, **overrides) -> InfluenceConfig:
+    from .core.augment import AugmentConfig
+
+    d = {**(cfg or {}), **overrides}
+    d["augment"] = AugmentConfig.from_dict(d["augment"]) if isinstance(d.get("augment"), dict) else d["augment"]
+    return InfluenceConfig(**d)
+
+
+def compute_ssl_influence(
+    samples: fo.core.collections.SampleCollection,
+    run_key: str = "influence",
+    *,
+    embeddings_run: str = "ssl_embedding",
+    curvature: str = "ekfac",
+    num_augs: int = 4,
+    output: str = "projection",
+    damping: float | None = None,
+    seed: int = 0,
+    fit_max_examples: int | None = None,
+    project_dim: int = 512,
+    batch_size: int = 64,
+    device: str = "auto",
+    overwrite: bool = False,
+    progress: Callable[[float, str], None] | None = None,
+) -> dict:
+    """Label-free self-influence of every sample on the SSL model of an embeddings run.
+
+    Args:
+        samples: a dataset or view (the training set whose influence is measured).
+        run_key ("influence"): the run's name and the prefix of its fields: ``_self_influence``, ``_rank``
+            (0 = most influential), ``_percentile``, ``_aug_loss`` (l(x)), ``_dup_of`` / ``_dup_score`` (the
+            sample with the most similar gradient and that cosine: the duplicate signal).
+        embeddings_run ("ssl_embedding"): the ssl_embeddings run whose model is f.
+        curvature ("ekfac"): ``"ekfac"`` (kronfluence), ``"diagonal"`` or ``"identity"`` (||g||^2).
+        num_augs (4): K. output ("projection"): f's output. damping (None): lambda (None: a heuristic).
+        seed (0): augmentation seed. fit_max_examples (None): cap on the EK-FAC fitting examples.
+        project_dim (512): size of the gradient sketch kept with the run for duplicate pairs and fast
+            train-to-sample queries (0: keep none).
+        batch_size (64), device ("auto"), overwrite (False), progress (None): as elsewhere.
+
+    Returns:
+        a summary dict; the top duplicate pairs are in the run results (``pairs``).
+    """
+    progress = progress or _noop
+    dataset = samples._dataset
+    runs.validate_name(run_key, "run key")
+    if curvature not in CURVATURES:
+        raise ValueError(f"curvature must be one of {CURVATURES}, got {curvature!r}")
+    if output not in OUTPUTS:
+        raise ValueError(f"output must be one of {OUTPUTS}, got {output!r}")
+    if not isinstance(num_augs, int) or num_augs < 1:
+        raise ValueError(f"num_augs must be an integer >= 1, got {num_augs!r}")
+    if damping is not None and damping < 0:
+        raise ValueError(f"damping must be >= 0, got {damping}")
+    if len(samples) == 0:
+        raise ValueError("the target view is empty: nothing to score")
+    dev = resolve_device(device)
+    net, aug = load_run_model(dataset, embeddings_run, dev)
+    cfg = InfluenceConfig(num_augs=num_augs, output=output, curvature=curvature, damping=damping, seed=seed,
+                          augment=aug)
+    f = SSLOutput(net, output).eval()
+    names = influence_fields(run_key)
+    rdir = runs.run_dir(dataset, run_key)
+    config = {"embeddings_run": embeddings_run, "backbone": net.spec.to_dict(), "influence": cfg.to_dict(),
+              "fit_max_examples": fit_max_examples, "project_dim": project_dim, "device": str(dev),
+              "artifacts": rdir}
+    runs.start_run(dataset, run_key, METHOD, list(names.values()), config, overwrite=overwrite)
+    runs.ensure_field(dataset, names["dup_of"], fo.StringField)
+
+    t0 = time.perf_counter()
+    ids, paths = canonical(samples)
+    pool = _Pool(paths, ids, net.image_size, rdir)
+    try:
+        n = len(pool.ids)
+        if n == 0:
+            raise ValueError("none of the target images could be decoded")
+        loss = torch.cat([aug_losses(f, x, k, cfg).cpu() for x, k in pool.batches(dev, 256)]).numpy()
+        progress(0.1, "augmentation losses")
+
+        diag, lam, sketch = None, None, None
+        if curvature == "diagonal":
+            diag, lam = fit_diagonal(f, lambda: pool.batches(dev, batch_size), cfg)
+            torch.save({"diag": diag.cpu(), "damping": lam}, os.path.join(rdir, "diagonal.pt"))
+            progress(0.4, "diagonal Fisher fitted")
+        scale = preconditioner(cfg, diag, lam)
+        n_params = sum(p.numel() for name, p in f.named_parameters() if name in set(tracked_parameters(f)))
+        if project_dim:
+            sketch = CountSketch(n_params, project_dim, seed, dev)
+        si, sketches = np.zeros(n), []
+        for b, (x, k) in enumerate(pool.batches(dev, batch_size)):
+            if curvature != "ekfac" or sketch is not None:
+                g = per_example_grads(f, x, k, cfg)
+                g = g * scale if scale is not None else g
+                if curvature != "ekfac":
+                    si[b * batch_size:b * batch_size + len(g)] = g.double().pow(2).sum(1).cpu().numpy()
+                if sketch is not None:
+                    sketches.append(sketch(g).cpu())
+            progress(0.4 + 0.3 * min(1.0, (b + 1) * batch_size / n), "per-example gradients")
+        if curvature == "ekfac":
+            ek = EKFAC(f, cfg, os.path.join(rdir, "kronfluence"), dev, batch_size)
+            progress(0.7, "fitting EK-FAC factors")
+            ek.fit(pool.subset(np.arange(n)), pool.keys, fit_max_examples)
+            progress(0.85, "EK-FAC self-influence")
+            si = ek.self_influence(pool.subset(np.arange(n)), pool.keys)
+            lam = cfg.damping
+    finally:
+        pool.close()
+
+    rank = np.empty(n, dtype=np.int64)
+    rank[np.lexsort((np.arange(n), -si))] = np.arange(n)
+    pct = 100.0 * (1 - rank / max(n - 1, 1))
+    columns = {"self_influence": si, "rank": rank, "percentile": pct, "aug_loss": loss}
+    pairs, dup_of, dup_score = [], [None] * n, [None] * n
+    if sketches:
+        z = torch.cat(sketches)
+        np.save(os.path.join(rdir, "grad_sketch.npy"), z.numpy())
+        with open(os.path.join(rdir, "grad_sketch_ids.txt"), "w") as fh:
+            fh.write("\n".join(pool.ids))
+        nn_idx, nn_sim = _nearest_by_cosine(z.to(dev))
+        dup_of = [pool.ids[j] for j in nn_idx]
+        dup_score = nn_sim.tolist()
+        order = np.argsort(-nn_sim)
+        seen = set()
+        for i in order:
+            pair = tuple(sorted((pool.ids[i], pool.ids[nn_idx[i]])))
+            if pair not in seen:
+                seen.add(pair)
+                pairs.append({"a": pair[0], "b": pair[1], "cosine": float(nn_sim[i])})
+            if len(pairs) >= 1000:
+                break
+    for k, v in columns.items():
+        dataset.set_values(names[k], dict(zip(pool.ids, np.asarray(v).tolist())), key_field="id")
+    dataset.set_values(names["dup_of"], dict(zip(pool.ids, dup_of)), key_field="id")
+    dataset.set_values(names["dup_score"], dict(zip(pool.ids, dup_score)), key_field="id")
+
+    summary = {"run_key": run_key, "fields": list(names.values()), "num_samples": len(ids), "num_scored": n,
+               "num_skipped": len(ids) - n, "curvature": curvature, "damping": lam, "num_params": int(n_params),
+               "device": str(dev), "seconds": time.perf_counter() - t0, "pairs": pairs[:1000]}
+    runs.finish_run(dataset, run_key, **summary)
+    progress(1.0, f"scored {n} samples")
+    return {k: v for k, v in summary.items() if k != "pairs"}
+
+
+def _nearest_by_cosine(z: torch.Tensor, chunk: int = 4096) -> tuple[np.ndarray, np.ndarray]:
+    """Each row's most similar other row by cosine, in (chunk x N) blocks."""
+    z = torch.nn.functional.normalize(z.float(), dim=1)
+    idx, sim = [], []
+    for s in range(0, len(z), chunk):
+        c = z[s:s + chunk] @ z.T
+        c[torch.arange(len(c)), torch.arange(s, s + len(c))] = -2  # not itself
+        m = c.max(1)
+        idx.append(m.indices.cpu())
+        sim.append(m.values.cpu())
+    return torch.cat(idx).numpy(), torch.cat(sim).numpy()
+
+
+def find_influential_training_samples(
+    samples: fo.core.collections.SampleCollection,
+    query_ids: list[str],
+    influence_run: str = "influence",
+    run_key: str = "shaped",
+    *,
+    k: int = 20,
+    method: str = "exact",
+    batch_size: int = 64,
+    device: str = "auto",
+    overwrite: bool = False,
+    progress: Callable[[float, str], None] | None = None,
+) -> dict:
+    """"What shaped this image": the training samples with the largest influence on the query samples' loss.
+
+    Writes ``<run_key>_influence`` on every scored training sample: the mean over the queries of
+    I(z, x) = -g(x)^T (H + lambda I)^-1 g(z) (negative: z is a proponent, upweighting it lowers x's loss;
+    positive: an opponent), and saves the views ``"<run_key>: proponents"`` and ``"<run_key>: opponents"``
+    (top ``k`` each, strongest first).
+
+    Args:
+        samples: the training samples (dataset or view).
+        query_ids: ids of the samples to explain (need not be in ``samples``).
+        influence_run ("influence"): the compute_ssl_influence run whose model, augmentations, curvature
+            and (for EK-FAC) fitted factors are used.
+        method ("exact"): ``"exact"`` (EK-FAC: kronfluence pairwise scores; diagonal / identity: gradients
+            streamed over the training set) or ``"projected"`` (diagonal / identity: dot products of the gradient
+            sketches kept with the influence run; fast for large data, approximate).
+    """
+    progress = progress or _noop
+    dataset = samples._dataset
+    runs.validate_name(run_key, "run key")
+    if not query_ids:
+        raise ValueError("select at least one query sample")
+    if k < 1:
+        raise ValueError(f"k must be >= 1, got {k}")
+    if method not in ("exact", "projected"):
+        raise ValueError(f"method must be 'exact' or 'projected', got {method!r}")
+    icfg = runs.get_config(dataset, influence_run)
+    if icfg is None or icfg.get("method") != METHOD:
+        raise ValueError(f"no influence run {influence_run!r} on dataset {dataset.name!r}; run compute_ssl_influence")
+    cfg = _config(icfg["influence"])
+    if method == "projected" and cfg.curvature == "ekfac":
+        raise ValueError("method='projected' needs an identity or diagonal influence run; EK-FAC runs use 'exact'")
+    dev = resolve_device(device)
+    net, _ = load_run_model(dataset, icfg["embeddings_run"], dev)
+    f = SSLOutput(net, cfg.output).eval()
+    rdir = icfg["artifacts"]
+    field = f"{run_key}_influence"
+    config = {"influence_run": influence_run, "query_ids": list(query_ids), "k": k, "score_method": method,
+              "saved_views": []}
+    runs.start_run(dataset, run_key, QUERY_METHOD, [field], config, overwrite=overwrite)
+
+    ids, paths = canonical(samples)
+    qpaths = dataset.select(list(query_ids)).values("filepath")
+    if len(qpaths) != len(query_ids):
+        raise ValueError("some query ids are not samples of this dataset")
+    qids = dataset.select(list(query_ids)).values("id")
+    qpool = _Pool(qpaths, qids, net.image_size, rdir)
+    pool = _Pool(paths, ids, net.image_size, rdir)
+    try:
+        if len(qpool.ids) == 0:
+            raise ValueError("none of the query images could be decoded")
+        if cfg.curvature == "ekfac":
+            ek = EKFAC(f, cfg, os.path.join(rdir, "kronfluence"), dev, batch_size)
+            scores = ek.pairwise(qpool.subset(np.arange(len(qpool.ids))), qpool.keys,
+                                 pool.subset(np.arange(len(pool.ids))), pool.keys)
+        elif method == "projected":
+            scores = _projected_scores(rdir, f, qpool, cfg, dev, pool.ids)
+        else:
+            scores = _streamed_scores(rdir, f, qpool, pool, cfg, dev, batch_size, progress)
+    finally:
+        qpool.close()
+        pool.close()
+    score = scores.mean(0)  # (N,) mean over queries
+    dataset.set_values(field, dict(zip(pool.ids, score.tolist())), key_field="id")
+
+    base = dataset.select(pool.ids)
+    views = {f"{run_key}: proponents": base.sort_by(field).limit(k),
+             f"{run_key}: opponents": base.sort_by(field, reverse=True).limit(k)}
+    for name, view in views.items():
+        dataset.save_view(name, view, description=f"influence on {len(qids)} query sample(s)", overwrite=True)
+    rc = dataset.get_run_info(run_key).config
+    rc.saved_views = list(views)
+    dataset.update_run_config(run_key, rc)
+    order = np.argsort(score)
+    summary = {"run_key": run_key, "field": field, "num_queries": len(qids), "num_train": len(pool.ids),
+               "proponents": [pool.ids[i] for i in order[:k]], "opponents": [pool.ids[i] for i in order[::-1][:k]],
+               "saved_views": list(views)}
+    runs.finish_run(dataset, run_key, **summary)
+    return summary
+
+
+def _streamed_scores(rdir, f, qpool, pool, cfg, dev, batch_size, progress) -> np.ndarray:
+    """Exact I(z, x) for identity / diagonal curvature: query gradients once, training gradients streamed."""
+    inv = None
+    if cfg.curvature == "diagonal":  # the influence run's fitted diagonal, so both use the same curvature
+        fit = torch.load(os.path.join(rdir, "diagonal.pt"), weights_only=True)
+        inv = (fit["diag"].to(dev) + fit["damping"]).reciprocal()
+    gq = torch.cat([per_example_grads(f, x, k, cfg) for x, k in qpool.batches(dev, batch_size)])
+    gq = gq * inv if inv is not None else gq
+    out = []
+    n = len(pool.ids)
+    for b, (x, k) in enumerate(pool.batches(dev, batch_size)):
+        out.append(-(gq @ per_example_grads(f, x, k, cfg).T).double().cpu())
+        progress(min(1.0, (b + 1) * batch_size / n), "training gradients")
+    return torch.cat(out, dim=1).numpy()
+
+
+def _projected_scores(rdir, f, qpool, cfg, dev, train_ids) -> np.ndarray:
+    """Approximate I(z, x) from the gradient sketches kept by the influence run (preconditioned on both sides
+    with (H + lambda I)^-1/2, so their dot product approximates g_x^T (H + lambda I)^-1 g_z)."""
+    path = os.path.join(rdir, "grad_sketch.npy")
+    if not os.path.isfile(path):
+        raise ValueError("the influence run kept no gradient sketch (project_dim=0); use method='exact'")
+    z = torch.as_tensor(np.load(path))
+    with open(os.path.join(rdir, "grad_sketch_ids.txt")) as fh:
+        row = {sid: i for i, sid in enumerate(fh.read().split("\n"))}
+    missing = [i for i in train_ids if i not in row]
+    if missing:
+        raise ValueError(f"{len(missing)} training samples are not in the influence run; run it again on this view")
+    zt = z[[row[i] for i in train_ids]]
+    zq = torch.stack([z[row[i]] for i in qpool.ids]) if all(i in row for i in qpool.ids) else None
+    if zq is None:
+        raise ValueError("method='projected' needs the query samples to be part of the influence run")
+    return -(zq.double() @ zt.double().T).numpy()

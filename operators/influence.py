@@ -1,0 +1,125 @@
+"""Operators: label-free SSL influence, and "what shaped this image"."""
+
+from __future__ import annotations
+
+import fiftyone.operators as foo
+import fiftyone.operators.types as types
+
+from .common import CurationOperator, add_device_and_delegate, add_run_key, add_target, positive_int, report_errors
+
+
+def _run_choice(ctx, inputs, name: str, method: str, label: str, missing: str):
+    from fo_plugin import runs
+
+    keys = runs.list_runs(ctx.dataset, method)
+    if not keys:
+        inputs.view(f"need_{name}", types.Error(label=missing))
+        return None
+    choices = types.Dropdown()
+    for k in keys:
+        choices.add_choice(k, label=k)
+    inputs.enum(name, choices.values(), default=keys[0], view=choices, label=label)
+    return keys
+
+
+class ComputeSSLInfluence(CurationOperator):
+    @property
+    def config(self):
+        return foo.OperatorConfig(
+            name="compute_ssl_influence",
+            label="SSL curation: label-free influence",
+            description="Self-influence of each sample on the SSL model (augmentations in place of labels)",
+            dynamic=True, allow_immediate_execution=True, allow_delegated_execution=True,
+        )
+
+    def resolve_input(self, ctx):
+        from fo_plugin.influence import influence_fields
+
+        inputs = types.Object()
+        add_target(ctx, inputs)
+        if _run_choice(ctx, inputs, "embeddings_run", "ssl_embeddings", "Embeddings run (its model is f)",
+                       "No SSL embeddings run yet: run 'compute SSL embeddings' first") is None:
+            return types.Property(inputs)
+        curv = types.RadioGroup()
+        curv.add_choice("ekfac", label="EK-FAC (the paper; kronfluence)")
+        curv.add_choice("diagonal", label="diagonal Fisher (cheaper)")
+        curv.add_choice("identity", label="identity: squared gradient norm (cheapest; TracIn)")
+        inputs.enum("curvature", curv.values(), default="ekfac", view=curv, label="Curvature")
+        positive_int(ctx, inputs, "num_augs", 4, "Augmentations per image (K)")
+        out = types.RadioGroup()
+        out.add_choice("projection", label="projection head")
+        out.add_choice("backbone", label="backbone features")
+        inputs.enum("output", out.values(), default="projection", view=out, label="Representation f")
+        add_run_key(ctx, inputs, "influence", lambda k: influence_fields(k).values())
+        positive_int(ctx, inputs, "batch_size", 64, "Batch size")
+        add_device_and_delegate(inputs, ctx)
+        return types.Property(inputs, view=types.View(label="Label-free SSL influence"))
+
+    def execute(self, ctx):
+        from fo_plugin import compute_ssl_influence
+
+        p = ctx.params
+        out = compute_ssl_influence(
+            ctx.target_view(), p.get("run_key") or "influence",
+            embeddings_run=p.get("embeddings_run", "ssl_embedding"), curvature=p.get("curvature", "ekfac"),
+            num_augs=int(p.get("num_augs", 4)), output=p.get("output", "projection"),
+            batch_size=int(p.get("batch_size", 64)), device=p.get("device", "auto"), progress=self.progress(ctx))
+        report_errors(ctx, out)
+        return out
+
+    def resolve_output(self, ctx):
+        outputs = types.Object()
+        outputs.int("num_scored", label="Samples scored")
+        outputs.int("num_skipped", label="Samples skipped (unreadable)")
+        outputs.list("fields", types.String(), label="Fields")
+        return types.Property(outputs, view=types.View(label="Influence computed"))
+
+
+class FindInfluentialTrainingSamples(CurationOperator):
+    @property
+    def config(self):
+        return foo.OperatorConfig(
+            name="find_influential_training_samples",
+            label="SSL curation: what shaped this image?",
+            description="Training samples with the largest influence (proponents, opponents) on the selected samples",
+            dynamic=True, allow_immediate_execution=True, allow_delegated_execution=True,
+        )
+
+    def resolve_input(self, ctx):
+        inputs = types.Object()
+        if not ctx.selected:
+            inputs.view("select", types.Warning(label="Select one or more samples in the grid first"))
+            prop = inputs.str("selection", required=True, label="Selected samples", view=types.HiddenView())
+            prop.invalid = True
+            prop.error_message = "Select one or more samples in the grid first"
+            return types.Property(inputs)
+        inputs.view("info", types.Notice(label=f"Explaining {len(ctx.selected)} selected sample(s)"))
+        if _run_choice(ctx, inputs, "influence_run", "ssl_influence", "Influence run",
+                       "No influence run yet: run 'label-free influence' first") is None:
+            return types.Property(inputs)
+        positive_int(ctx, inputs, "k", 20, "How many proponents / opponents")
+        m = types.RadioGroup()
+        m.add_choice("exact", label="exact (EK-FAC pairwise, or streamed gradients)")
+        m.add_choice("projected", label="projected gradient sketch (fast; identity / diagonal runs)")
+        inputs.enum("method", m.values(), default="exact", view=m, label="Method")
+        add_run_key(ctx, inputs, "shaped", lambda k: [f"{k}_influence"])
+        add_device_and_delegate(inputs, ctx)
+        return types.Property(inputs, view=types.View(label="What shaped this image?"))
+
+    def execute(self, ctx):
+        from fo_plugin import find_influential_training_samples
+
+        p = ctx.params
+        out = find_influential_training_samples(
+            ctx.dataset, list(ctx.selected), p.get("influence_run", "influence"), p.get("run_key") or "shaped",
+            k=int(p.get("k", 20)), method=p.get("method", "exact"), device=p.get("device", "auto"),
+            progress=self.progress(ctx))
+        if not ctx.delegated:
+            ctx.ops.set_view(name=out["saved_views"][0])
+        return out
+
+    def resolve_output(self, ctx):
+        outputs = types.Object()
+        outputs.str("field", label="Influence field (negative = proponent)")
+        outputs.list("saved_views", types.String(), label="Saved views")
+        return types.Property(outputs, view=types.View(label="Most influential training samples"))
