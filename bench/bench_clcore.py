@@ -16,7 +16,7 @@ import subprocess
 import sys
 import time
 
-import common  # noqa: F401  (environment)
+import common
 import numpy as np
 import torch
 

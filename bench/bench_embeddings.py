@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import argparse
 
-import common  # noqa: F401  (environment)
+import common
 import torch
 
 from fo_plugin.core.device import resolve_device

@@ -6,12 +6,11 @@ See :mod:`fo_plugin.core.clcore` for the method (Joshi & Mirzasoleiman, ICML 202
 from __future__ import annotations
 
 import time
-from typing import Callable
-
-import numpy as np
-import torch
+from collections.abc import Callable
 
 import fiftyone as fo
+import numpy as np
+import torch
 from fiftyone import ViewField as F
 
 from . import runs
@@ -38,7 +37,7 @@ def fields_for(run_key: str, mode: str) -> dict[str, str]:
     return {k: f"{run_key}_{k}" for k in names}
 
 
-def budget_count(budget: float | int, n: int) -> int:
+def budget_count(budget: float, n: int) -> int:
     """A fraction in (0, 1] of ``n``, or an absolute count >= 1."""
     if isinstance(budget, bool) or not isinstance(budget, (int, float)) or budget <= 0:
         raise ValueError(f"budget must be a fraction in (0, 1] or a positive count, got {budget!r}")
@@ -77,7 +76,7 @@ def compute_clcore(
     num_classes: int | None = None,
     label_field: str | None = None,
     num_views: int = 1,
-    budget: float | int = 0.8,
+    budget: float = 0.8,
     mode: str = "released",
     seed: int = 0,
     batch_size: int = 256,
@@ -191,7 +190,7 @@ def compute_clcore(
     sizes = {str(c): int((cls == i).sum()) for i, c in enumerate(class_names or range(int(cls.max()) + 1))}
     kept = {str(c): int(out["selected"][cls == i].sum()) for i, c in enumerate(class_names or range(int(cls.max()) + 1))}
     summary = {"run_key": run_key, "fields": list(names.values()), "num_samples": len(ids),
-               "num_scored": int(len(valid)), "num_skipped": int(len(ids) - len(valid)), "num_selected": int(n_keep),
+               "num_scored": len(valid), "num_skipped": int(len(ids) - len(valid)), "num_selected": int(n_keep),
                "num_classes": len(sizes), "class_sizes": sizes, "class_selected": kept, "saved_views": views,
                "mode": mode, "device": str(dev), "timings": {"project_s": t_proj, "select_s": t_sel}}
     runs.finish_run(dataset, run_key, **summary)
@@ -207,8 +206,8 @@ def _save_views(dataset: fo.Dataset, run_key: str, names: dict, frac: float) -> 
     for old in runs.get_config(dataset, run_key).get("saved_views", []):
         if dataset.has_saved_view(old):
             dataset.delete_saved_view(old)
-    keep = dataset.match(F(names["selected"]) == True).sort_by(names["rank_overall"])  # noqa: E712
-    drop = dataset.match(F(names["selected"]) == False).sort_by(names["rank_overall"], reverse=True)  # noqa: E712
+    keep = dataset.match(F(names["selected"]) == True).sort_by(names["rank_overall"])
+    drop = dataset.match(F(names["selected"]) == False).sort_by(names["rank_overall"], reverse=True)
     for name, view in ((keep_name, keep), (drop_name, drop)):
         dataset.save_view(name, view, description=f"CL-Core run {run_key!r}", overwrite=True)
     return [keep_name, drop_name]

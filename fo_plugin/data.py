@@ -7,10 +7,9 @@ import gzip
 import os
 import zipfile
 
+import fiftyone as fo
 import numpy as np
 from PIL import Image
-
-import fiftyone as fo
 
 from .runs import cache_root
 

@@ -11,12 +11,11 @@ import json
 import os
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import asdict
-from typing import Callable
-
-import numpy as np
 
 import fiftyone as fo
+import numpy as np
 
 from . import runs
 from .core import rng
@@ -174,5 +173,5 @@ def _train(dataset, ids, paths, cfg: TrainConfig, width: int, dev, ckpt_path: st
                                      ProxyConfig(width=width, image_size=size), progress)
         del store
     save_proxy(model.cpu(), ckpt_path, extra={"train": _train_dict(cfg, width), "history": history,
-                                             "num_train_images": int(len(keep)), "dataset": dataset.name})
+                                             "num_train_images": len(keep), "dataset": dataset.name})
     return history

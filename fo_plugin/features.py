@@ -3,10 +3,9 @@ canonical sample order (sorted by a hash of the sample id), so that every score 
 
 from __future__ import annotations
 
+import fiftyone as fo
 import numpy as np
 import torch
-
-import fiftyone as fo
 
 from . import runs
 from .core import rng

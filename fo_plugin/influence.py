@@ -9,21 +9,28 @@ from __future__ import annotations
 import os
 import tempfile
 import time
-from typing import Callable
+from collections.abc import Callable
 
+import fiftyone as fo
 import numpy as np
 import torch
 
-import fiftyone as fo
-from fiftyone import ViewField as F
-
 from . import runs
-from .core import rng
+from .core.device import resolve_device
 from .core.ekfac import EKFAC
 from .core.images import iter_decoded, to_float
-from .core.influence import (CURVATURES, OUTPUTS, CountSketch, InfluenceConfig, SSLOutput, aug_losses, fit_diagonal,
-                             per_example_grads, preconditioner, tracked_parameters)
-from .core.device import resolve_device
+from .core.influence import (
+    CURVATURES,
+    OUTPUTS,
+    CountSketch,
+    InfluenceConfig,
+    SSLOutput,
+    aug_losses,
+    fit_diagonal,
+    per_example_grads,
+    preconditioner,
+    tracked_parameters,
+)
 from .features import canonical, load_run_model
 
 METHOD = runs.METHOD_PREFIX + "ssl_influence"
@@ -40,7 +47,7 @@ def influence_fields(run_key: str) -> dict[str, str]:
 
 
 class _Pool:
-    """The decoded target images (a temporary uint8 memmap: bounded memory), their keys and batches."""
+    """The decoded target images (a temporary uint8 memmap: bounded memory) and their batches."""
 
     def __init__(self, paths: list[str], ids: list[str], size: int, folder: str):
         self.tmp = tempfile.TemporaryDirectory(dir=folder)
@@ -52,16 +59,16 @@ class _Pool:
             ok[start:start + len(images)] = good
         self.valid = np.flatnonzero(ok)
         self.ids = [ids[i] for i in self.valid]
-        self.keys = rng.sample_keys(self.ids)
 
-    def subset(self, rows: np.ndarray) -> np.ndarray:
+    def subset(self, rows: np.ndarray | None = None) -> np.ndarray:
+        if rows is None:
+            return self.images[self.valid]
         return self.images[self.valid[rows]]
 
     def batches(self, device, batch_size: int, rows: np.ndarray | None = None):
         rows = np.arange(len(self.valid)) if rows is None else rows
         for s in range(0, len(rows), batch_size):
-            r = rows[s:s + batch_size]
-            yield to_float(self.subset(r), device), self.keys[r].to(device)
+            yield to_float(self.subset(rows[s:s + batch_size]), device)
 
     def close(self) -> None:
         del self.images
@@ -144,7 +151,7 @@ def compute_ssl_influence(
         n = len(pool.ids)
         if n == 0:
             raise ValueError("none of the target images could be decoded")
-        loss = torch.cat([aug_losses(f, x, k, cfg).cpu() for x, k in pool.batches(dev, 256)]).numpy()
+        loss = torch.cat([aug_losses(f, x, cfg).cpu() for x in pool.batches(dev, 256)]).numpy()
         progress(0.1, "augmentation losses")
 
         diag, lam, sketch = None, None, None
@@ -157,9 +164,9 @@ def compute_ssl_influence(
         if project_dim:
             sketch = CountSketch(n_params, project_dim, seed, dev)
         si, sketches = np.zeros(n), []
-        for b, (x, k) in enumerate(pool.batches(dev, batch_size)):
+        for b, x in enumerate(pool.batches(dev, batch_size)):
             if curvature != "ekfac" or sketch is not None:
-                g = per_example_grads(f, x, k, cfg)
+                g = per_example_grads(f, x, cfg)
                 g = g * scale if scale is not None else g
                 if curvature != "ekfac":
                     si[b * batch_size:b * batch_size + len(g)] = g.double().pow(2).sum(1).cpu().numpy()
@@ -169,9 +176,10 @@ def compute_ssl_influence(
         if curvature == "ekfac":
             ek = EKFAC(f, cfg, os.path.join(rdir, "kronfluence"), dev, batch_size)
             progress(0.7, "fitting EK-FAC factors")
-            ek.fit(pool.subset(np.arange(n)), pool.keys, fit_max_examples)
+            images = pool.subset()
+            ek.fit(images, fit_max_examples)
             progress(0.85, "EK-FAC self-influence")
-            si = ek.self_influence(pool.subset(np.arange(n)), pool.keys)
+            si = ek.self_influence(images)
             lam = cfg.damping
     finally:
         pool.close()
@@ -289,8 +297,7 @@ def find_influential_training_samples(
             raise ValueError("none of the query images could be decoded")
         if cfg.curvature == "ekfac":
             ek = EKFAC(f, cfg, os.path.join(rdir, "kronfluence"), dev, batch_size)
-            scores = ek.pairwise(qpool.subset(np.arange(len(qpool.ids))), qpool.keys,
-                                 pool.subset(np.arange(len(pool.ids))), pool.keys)
+            scores = ek.pairwise(qpool.subset(), pool.subset())
         elif method == "projected":
             scores = _projected_scores(rdir, f, qpool, cfg, dev, pool.ids)
         else:
@@ -323,12 +330,12 @@ def _streamed_scores(rdir, f, qpool, pool, cfg, dev, batch_size, progress) -> np
     if cfg.curvature == "diagonal":  # the influence run's fitted diagonal, so both use the same curvature
         fit = torch.load(os.path.join(rdir, "diagonal.pt"), weights_only=True)
         inv = (fit["diag"].to(dev) + fit["damping"]).reciprocal()
-    gq = torch.cat([per_example_grads(f, x, k, cfg) for x, k in qpool.batches(dev, batch_size)])
+    gq = torch.cat([per_example_grads(f, x, cfg) for x in qpool.batches(dev, batch_size)])
     gq = gq * inv if inv is not None else gq
     out = []
     n = len(pool.ids)
-    for b, (x, k) in enumerate(pool.batches(dev, batch_size)):
-        out.append(-(gq @ per_example_grads(f, x, k, cfg).T).double().cpu())
+    for b, x in enumerate(pool.batches(dev, batch_size)):
+        out.append(-(gq @ per_example_grads(f, x, cfg).T).double().cpu())
         progress(min(1.0, (b + 1) * batch_size / n), "training gradients")
     return torch.cat(out, dim=1).numpy()
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
-from typing import Iterable
+from collections.abc import Iterable
 
 import fiftyone as fo
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import fiftyone as fo
 import fiftyone.operators as foo
-import fiftyone.operators.types as types
+from fiftyone.operators import types
 
 from .common import CurationOperator, add_device_and_delegate, add_run_key, add_target, positive_int, report_errors
 
@@ -12,9 +12,7 @@ from .common import CurationOperator, add_device_and_delegate, add_run_key, add_
 def _label_fields(dataset) -> list[str]:
     out = []
     for name, f in dataset.get_field_schema().items():
-        if isinstance(f, fo.EmbeddedDocumentField) and issubclass(f.document_type, fo.Classification):
-            out.append(name)
-        elif isinstance(f, (fo.StringField, fo.IntField)) and name not in ("id", "filepath") and not name.endswith("_error"):
+        if isinstance(f, fo.EmbeddedDocumentField) and issubclass(f.document_type, fo.Classification) or isinstance(f, (fo.StringField, fo.IntField)) and name not in ("id", "filepath") and not name.endswith("_error"):
             out.append(name)
     return out
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import fiftyone.operators as foo
-import fiftyone.operators.types as types
+from fiftyone.operators import types
 
 
 class CurationOperator(foo.Operator):

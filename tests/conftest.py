@@ -20,9 +20,9 @@ if not os.path.islink(os.path.join(_plugins, "ssl-curation")):
 os.environ["FIFTYONE_PLUGINS_DIR"] = _plugins
 sys.path.insert(0, ROOT)
 
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
-from PIL import Image  # noqa: E402
+import numpy as np
+import pytest
+from PIL import Image
 
 PLUGIN = "@fo-ssl/ssl-curation"
 

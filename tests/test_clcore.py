@@ -3,15 +3,14 @@ fidelity on planted near-copies, order invariance, determinism, bad input."""
 
 import os
 
+import fiftyone as fo
 import numpy as np
 import pytest
+from conftest import run_op
+from fiftyone import ViewField as F
 from PIL import Image
 
-import fiftyone as fo
-from fiftyone import ViewField as F
-
 import fo_plugin
-from conftest import run_op
 from fo_plugin.core.clcore import quotas
 
 
@@ -64,7 +63,7 @@ def test_planted_cluster_of_near_copies_outscores_isolated_images_of_its_class(c
                    + [fo.Sample(filepath=p, cluster=True, copy=True, label="cat") for p in copies], progress=False)
     ds.match(F("filepath") == cats[0]).set_values("cluster", [True])
     fo_plugin.compute_ssl_embeddings(ds, checkpoint=proxy_ckpt)
-    alone = ds.match(F("copy") == False)  # noqa: E712
+    alone = ds.match(F("copy") == False)
     fo_plugin.compute_clcore(alone, "alone", latent="label_field", label_field="label", budget=0.5)
     base_alone = ds.match(F("filepath") == cats[0]).first()
     fo_plugin.compute_clcore(ds, latent="label_field", label_field="label", budget=0.5)

@@ -4,16 +4,15 @@ import os
 import subprocess
 import sys
 
+import fiftyone as fo
+import fiftyone.operators as foo
 import numpy as np
 import pytest
 import torch
+from conftest import PLUGIN, run_op
 from PIL import Image
 
-import fiftyone as fo
-import fiftyone.operators as foo
-
 import fo_plugin
-from conftest import PLUGIN, run_op
 
 
 def _unit(x):
@@ -67,8 +66,8 @@ def test_rerun_reuses_the_runs_checkpoint_and_gives_the_same_embeddings(embedded
 
 def test_training_is_deterministic_under_a_seed(cifar_files):
     from fo_plugin.core.images import iter_decoded
-    from fo_plugin.core.train import TrainConfig, train_proxy
     from fo_plugin.core.rng import sample_keys
+    from fo_plugin.core.train import TrainConfig, train_proxy
 
     imgs = next(iter_decoded([p for p, _, _ in cifar_files[:64]], 32, batch_size=64))[1]
     keys = sample_keys(range(64))

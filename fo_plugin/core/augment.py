@@ -41,7 +41,7 @@ class AugmentConfig:
     gray_p: float = 0.2
 
     @classmethod
-    def identity(cls, size: int = 32) -> "AugmentConfig":
+    def identity(cls, size: int = 32) -> AugmentConfig:
         """No augmentation: every view is the resized image itself."""
         return cls(size=size, scale=(1.0, 1.0), ratio=(1.0, 1.0), flip_p=0.0, jitter_p=0.0, gray_p=0.0)
 
@@ -54,7 +54,7 @@ class AugmentConfig:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
 
     @classmethod
-    def from_dict(cls, d: dict) -> "AugmentConfig":
+    def from_dict(cls, d: dict) -> AugmentConfig:
         return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
 
 

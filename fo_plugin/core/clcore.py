@@ -21,7 +21,7 @@ Both keep a class-stratified budget. Similarities are computed in (tile x tile) 
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 import torch

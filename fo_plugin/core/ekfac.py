@@ -18,16 +18,16 @@ from .influence import InfluenceConfig, SSLOutput, loss_from_outputs, make_views
 
 
 class UInt8Images(data.Dataset):
-    """(image uint8 (3, S, S), key) pairs over an (N, S, S, 3) array or memmap."""
+    """uint8 (3, S, S) images over an (N, S, S, 3) array or memmap."""
 
-    def __init__(self, images: np.ndarray, keys: torch.Tensor):
-        self.images, self.keys = images, keys
+    def __init__(self, images: np.ndarray):
+        self.images = images
 
     def __len__(self) -> int:
         return len(self.images)
 
     def __getitem__(self, i):
-        return torch.from_numpy(np.ascontiguousarray(self.images[i])).permute(2, 0, 1), self.keys[i]
+        return torch.from_numpy(np.ascontiguousarray(self.images[i])).permute(2, 0, 1)
 
 
 def _task(cfg: InfluenceConfig, device: torch.device):
@@ -47,9 +47,8 @@ def _task(cfg: InfluenceConfig, device: torch.device):
             return gradient
 
         def compute_train_loss(self, batch, model, sample: bool = False) -> torch.Tensor:
-            x, keys = batch
-            x = x.to(device).float().div_(255)
-            outs = [model(v) for v in make_views(x, keys.to(device), cfg)]  # K + 1 calls of B rows
+            x = batch.to(device).float().div_(255)
+            outs = [model(v) for v in make_views(x, cfg)]  # K + 1 calls of B rows
             return loss_from_outputs(outs).sum()
 
         def compute_measurement(self, batch, model) -> torch.Tensor:
@@ -85,23 +84,21 @@ class EKFAC:
 
         return ScoreArguments(damping_factor=self.cfg.damping)  # None: 0.1 x mean eigenvalue
 
-    def fit(self, images: np.ndarray, keys: torch.Tensor, max_examples: int | None = None) -> None:
+    def fit(self, images: np.ndarray, max_examples: int | None = None) -> None:
         """Covariances, eigendecomposition and eigenvalue correction over ``images`` (reused when on disk)."""
-        self.analyzer.fit_all_factors("ekfac", UInt8Images(images, keys), per_device_batch_size=self.batch_size,
+        self.analyzer.fit_all_factors("ekfac", UInt8Images(images), per_device_batch_size=self.batch_size,
                                       factor_args=self._factor_args(max_examples), overwrite_output_dir=False)
 
-    def self_influence(self, images: np.ndarray, keys: torch.Tensor, name: str = "self") -> np.ndarray:
+    def self_influence(self, images: np.ndarray, name: str = "self") -> np.ndarray:
         """SI(x) = g^T (H + lambda I)^-1 g for each image, (N,)."""
-        self.analyzer.compute_self_scores(name, "ekfac", UInt8Images(images, keys),
+        self.analyzer.compute_self_scores(name, "ekfac", UInt8Images(images),
                                           per_device_train_batch_size=self.batch_size,
                                           score_args=self._score_args(), overwrite_output_dir=True)
         return self.analyzer.load_self_scores(name)["all_modules"].double().cpu().numpy()
 
-    def pairwise(self, query: np.ndarray, query_keys: torch.Tensor, train: np.ndarray, train_keys: torch.Tensor,
-                 name: str = "pairwise") -> np.ndarray:
+    def pairwise(self, query: np.ndarray, train: np.ndarray, name: str = "pairwise") -> np.ndarray:
         """I(z, x) = -g(x)^T (H + lambda I)^-1 g(z) for queries x and training images z, (Q, N)."""
-        self.analyzer.compute_pairwise_scores(name, "ekfac", UInt8Images(query, query_keys),
-                                              UInt8Images(train, train_keys),
+        self.analyzer.compute_pairwise_scores(name, "ekfac", UInt8Images(query), UInt8Images(train),
                                               per_device_query_batch_size=min(self.batch_size, len(query)),
                                               per_device_train_batch_size=self.batch_size,
                                               score_args=self._score_args(), overwrite_output_dir=True)

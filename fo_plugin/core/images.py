@@ -8,11 +8,15 @@ instead of an exception, so one bad file never stops a run.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Iterator, Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image, ImageOps
+
+if TYPE_CHECKING:
+    import torch
 
 Image.MAX_IMAGE_PIXELS = 20_000 * 20_000  # large photos are fine; decompression bombs beyond this are refused
 
@@ -75,7 +79,7 @@ def _collect(start: int, results, size: int):
     return start, images, ok, errors
 
 
-def to_float(batch_uint8, device) -> "torch.Tensor":
+def to_float(batch_uint8, device) -> torch.Tensor:
     """uint8 (B, H, W, 3) numpy/tensor -> float (B, 3, H, W) in [0, 1] on ``device``."""
     import torch
 

@@ -1,7 +1,9 @@
 """Label-free influence for SSL (Harilal et al., "Where Did Your Model Learn That?", arXiv 2412.17170).
 
-The augmented view takes the place of the label. Per-example loss, with t_k the SSL method's own augmentations
-drawn with fixed seeds (keyed by sample and view, so scores do not depend on batching):
+The augmented view takes the place of the label. Per-example loss, with t_1..t_K the SSL method's own
+augmentations drawn once from a fixed seed and applied to every image (common random numbers: l is a function of
+the image alone, so scores never depend on batching or order, and an exact duplicate has exactly its twin's
+gradient):
 
     l(x) = (1/K) sum_k [1 - cos(f(x), f(t_k(x)))]
     g(x) = d l(x) / d theta            (theta: the weights of every Conv2d / Linear layer; BatchNorm in eval mode)
@@ -17,8 +19,8 @@ backbone), the tracked layers and the damping are our choices, exposed as parame
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
-from typing import Callable, Iterator
 
 import numpy as np
 import torch
@@ -71,9 +73,10 @@ class SSLOutput(nn.Module):
         return self.net.project(x) if self.output == "projection" else self.net(x)
 
 
-def make_views(x: torch.Tensor, keys: torch.Tensor, cfg: InfluenceConfig) -> list[torch.Tensor]:
-    """[x, t_1(x), ..., t_K(x)], each (B, 3, S, S); view k uses (seed, key, k) so it never depends on the batch."""
-    return [x] + [augment(x, keys, cfg.augment, cfg.seed, k) for k in range(1, cfg.num_augs + 1)]
+def make_views(x: torch.Tensor, cfg: InfluenceConfig) -> list[torch.Tensor]:
+    """[x, t_1(x), ..., t_K(x)], each (B, 3, S, S): the same K draws (seed, view k) for every image."""
+    same = torch.zeros(len(x), dtype=torch.int64, device=x.device)
+    return [x] + [augment(x, same, cfg.augment, cfg.seed, k) for k in range(1, cfg.num_augs + 1)]
 
 
 def loss_from_outputs(outs: list[torch.Tensor]) -> torch.Tensor:
@@ -89,12 +92,12 @@ def tracked_parameters(model: nn.Module) -> list[str]:
 
 
 @torch.no_grad()
-def aug_losses(f: SSLOutput, x: torch.Tensor, keys: torch.Tensor, cfg: InfluenceConfig) -> torch.Tensor:
+def aug_losses(f: SSLOutput, x: torch.Tensor, cfg: InfluenceConfig) -> torch.Tensor:
     """l(x) for a batch, (B,)."""
-    return loss_from_outputs([f(v) for v in make_views(x, keys, cfg)])
+    return loss_from_outputs([f(v) for v in make_views(x, cfg)])
 
 
-def per_example_grads(f: SSLOutput, x: torch.Tensor, keys: torch.Tensor, cfg: InfluenceConfig,
+def per_example_grads(f: SSLOutput, x: torch.Tensor, cfg: InfluenceConfig,
                       chunk: int = 32) -> torch.Tensor:
     """g(x) for a batch as (B, P) float32, P = number of tracked weights (``torch.func``: vmap of grad)."""
     names = tracked_parameters(f)
@@ -102,7 +105,7 @@ def per_example_grads(f: SSLOutput, x: torch.Tensor, keys: torch.Tensor, cfg: In
     tracked = {n: params[n].detach() for n in names}
     fixed = {n: p.detach() for n, p in params.items() if n not in tracked}
     fixed.update(dict(f.named_buffers()))
-    views = torch.stack(make_views(x, keys, cfg), dim=1)  # (B, K+1, 3, S, S)
+    views = torch.stack(make_views(x, cfg), dim=1)  # (B, K+1, 3, S, S)
 
     def loss_one(tr, v):  # v: (K+1, 3, S, S), one example
         out = functional_call(f, {**tr, **fixed}, (v,))  # (K+1, D)
@@ -131,14 +134,14 @@ class CountSketch:
         return out.index_add_(1, self.bucket, g * self.sign)
 
 
-BatchIter = Callable[[], Iterator[tuple[torch.Tensor, torch.Tensor]]]
+BatchIter = Callable[[], Iterator[torch.Tensor]]
 
 
 def fit_diagonal(f: SSLOutput, batches: BatchIter, cfg: InfluenceConfig) -> tuple[torch.Tensor, float]:
     """Diagonal empirical Fisher E[g^2] over the fit batches and the damping used with it."""
     total, n = None, 0
-    for x, k in batches():
-        g = per_example_grads(f, x, k, cfg)
+    for x in batches():
+        g = per_example_grads(f, x, cfg)
         total = g.pow(2).sum(0) if total is None else total + g.pow(2).sum(0)
         n += len(g)
     diag = total / max(n, 1)
