@@ -143,6 +143,7 @@ def compute_ssl_influence(
               "artifacts": rdir}
     runs.start_run(dataset, run_key, METHOD, list(names.values()), config, overwrite=overwrite)
     runs.ensure_field(dataset, names["dup_of"], fo.StringField)
+    runs.ensure_field(dataset, names["dup_score"], fo.FloatField)
 
     t0 = time.perf_counter()
     ids, paths = canonical(samples)

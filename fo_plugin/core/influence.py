@@ -6,7 +6,7 @@ the image alone, so scores never depend on batching or order, and an exact dupli
 gradient):
 
     l(x) = (1/K) sum_k [1 - cos(f(x), f(t_k(x)))]
-    g(x) = d l(x) / d theta            (theta: the weights of every Conv2d / Linear layer; BatchNorm in eval mode)
+    g(x) = d l(x) / d theta            (theta: weights and biases of every Conv2d / Linear layer; BatchNorm in eval mode)
     SI(x)   = g(x)^T (H + lambda I)^-1 g(x)              self-influence (>= 0; high = atypical / memorised)
     I(z, x) = -g(x)^T (H + lambda I)^-1 g(z)             train-to-sample influence (Koh & Liang sign: negative
                                                           = upweighting z lowers x's loss = z is a proponent)
@@ -86,9 +86,14 @@ def loss_from_outputs(outs: list[torch.Tensor]) -> torch.Tensor:
 
 
 def tracked_parameters(model: nn.Module) -> list[str]:
-    """Names of the weights of every Conv2d / Linear layer (what EK-FAC covers; biases and norms excluded)."""
-    return [f"{name}.weight" if name else "weight" for name, m in model.named_modules()
-            if isinstance(m, (nn.Conv2d, nn.Linear))]
+    """Names of the weights and biases of every Conv2d / Linear layer: what kronfluence's EK-FAC covers
+    (normalisation layers excluded), so every curvature mode scores the same parameters."""
+    names = []
+    for name, m in model.named_modules():
+        if isinstance(m, (nn.Conv2d, nn.Linear)):
+            prefix = f"{name}." if name else ""
+            names += [prefix + p for p in ("weight", "bias") if getattr(m, p) is not None]
+    return names
 
 
 @torch.no_grad()
