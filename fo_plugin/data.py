@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import gzip
 import os
+import shutil
 import zipfile
 
 import fiftyone as fo
@@ -48,6 +49,19 @@ def _extract(zip_path: str, members: list[str], dest: str) -> list[str]:
     return out
 
 
+def _existing(name: str, overwrite: bool) -> fo.Dataset | None:
+    """The dataset ``name`` if it exists and is to be kept; with ``overwrite`` it is deleted, with the artifacts
+    (checkpoints, factors) its runs kept in the cache."""
+    if not fo.dataset_exists(name):
+        return None
+    ds = fo.load_dataset(name)
+    if not overwrite:
+        return ds
+    shutil.rmtree(os.path.join(cache_root(), str(ds._doc.id)), ignore_errors=True)
+    ds.delete()
+    return None
+
+
 def cifar10_files(split: str = "train", per_class: int | None = None) -> list[tuple[str, int, int]]:
     """``(path, label, index_in_class)`` of CIFAR-10 JPEGs, extracted to the cache; the first ``per_class``
     images of each class in official order."""
@@ -72,10 +86,9 @@ def load_cifar10(name: str = "cifar10-ssl", split: str = "train", per_class: int
         persistent (False): keep the dataset in the database across sessions.
         overwrite (False): replace an existing dataset of that name; otherwise an existing one is returned.
     """
-    if fo.dataset_exists(name):
-        if not overwrite:
-            return fo.load_dataset(name)
-        fo.delete_dataset(name)
+    existing = _existing(name, overwrite)
+    if existing is not None:
+        return existing
     ds = fo.Dataset(name, persistent=persistent)
     samples = [fo.Sample(filepath=p, ground_truth=fo.Classification(label=CIFAR10_CLASSES[lab]), cifar_index=k)
                for p, lab, k in cifar10_files(split, per_class)]
@@ -100,10 +113,9 @@ def utkface_files(balanced: bool = True, limit: int | None = None) -> list[dict]
 def load_utkface(name: str = "utkface-ssl", balanced: bool = True, limit: int | None = None,
                  persistent: bool = False, overwrite: bool = False) -> fo.Dataset:
     """UTKFace faces with ``age`` (int), ``gender`` and ``race`` (str) fields, for subgroup audits."""
-    if fo.dataset_exists(name):
-        if not overwrite:
-            return fo.load_dataset(name)
-        fo.delete_dataset(name)
+    existing = _existing(name, overwrite)
+    if existing is not None:
+        return existing
     ds = fo.Dataset(name, persistent=persistent)
     ds.add_samples([fo.Sample(**r) for r in utkface_files(balanced, limit)], progress=False)
     return ds
