@@ -1,0 +1,106 @@
+"""``find_outliers``: a per-sample outlier score (multi-scale kNN distance in the SSL embedding space, optionally
+combined with self-influence), a flag for the top fraction or a threshold, a tag, a saved view and a histogram."""
+
+from __future__ import annotations
+
+import time
+from typing import Callable
+
+import numpy as np
+import torch
+
+import fiftyone as fo
+from fiftyone import ViewField as F
+
+from . import runs
+from .core.outliers import SCALES, outlier_scores
+from .features import canonical, field_vectors
+
+METHOD = runs.METHOD_PREFIX + "outliers"
+
+
+def outlier_fields(run_key: str) -> dict[str, str]:
+    return {k: f"{run_key}_{k}" for k in ("score", "knn", "flag")}
+
+
+def _names(run_key: str) -> tuple[str, str]:
+    """(tag, saved view) of a run."""
+    return ("outlier", "outliers") if run_key == "outliers" else (f"{run_key}:outlier", f"outliers [{run_key}]")
+
+
+def find_outliers(
+    samples: fo.core.collections.SampleCollection,
+    run_key: str = "outliers",
+    *,
+    embeddings_field: str = "ssl_embedding",
+    scales: tuple[int, ...] = SCALES,
+    influence_run: str | None = None,
+    fraction: float | None = 0.02,
+    threshold: float | None = None,
+    overwrite: bool = False,
+    progress: Callable[[float, str], None] | None = None,
+) -> dict:
+    """Score every sample by how far it is from the rest of the data and flag the most unusual.
+
+    Args:
+        samples: a dataset or view.
+        run_key ("outliers"): names the run; fields ``<key>_score`` (in [0, 1]), ``<key>_knn`` (mean cosine
+            distance to the 10 nearest neighbours), ``<key>_flag``.
+        scales: neighbour ranks of the multi-scale score (see :mod:`fo_plugin.core.outliers`).
+        influence_run (None): also combine the self-influence of this influence run.
+        fraction (0.02): flag this top fraction; or ``threshold``: flag scores >= threshold.
+    """
+    progress = progress or (lambda f, s: None)
+    dataset = samples._dataset
+    runs.validate_name(run_key, "run key")
+    if (fraction is None) == (threshold is None):
+        raise ValueError("give exactly one of fraction (top share to flag) or threshold (score cut-off)")
+    if fraction is not None and not 0 <= fraction <= 1:
+        raise ValueError(f"fraction must be in [0, 1], got {fraction}")
+    if len(samples) < 3:
+        raise ValueError("outlier scores need at least 3 samples in the target view")
+    t0 = time.perf_counter()
+    ids, _ = canonical(samples)
+    z, ok = field_vectors(samples, embeddings_field, ids)
+    valid = np.flatnonzero(ok)
+    vids = [ids[i] for i in valid]
+    extra = None
+    if influence_run:
+        field = f"{influence_run}_self_influence"
+        if field not in samples.get_field_schema():
+            raise ValueError(f"no field {field!r}: run compute_ssl_influence with run key {influence_run!r} first")
+        by_id = dict(zip(samples.values("id"), samples.values(field)))
+        extra = {"self_influence": np.array([by_id.get(i) or 0.0 for i in vids])}
+    parts = outlier_scores(z[0, torch.as_tensor(valid)], scales, extra)
+    score = parts["score"]
+    flag = score >= threshold if threshold is not None else _top(score, fraction)
+    progress(0.6, f"{int(flag.sum())} outliers flagged")
+
+    names = outlier_fields(run_key)
+    tag, view_name = _names(run_key)
+    config = {"embeddings_field": embeddings_field, "scales": list(scales), "influence_run": influence_run,
+              "fraction": fraction, "threshold": threshold, "tags": [tag], "saved_views": [view_name]}
+    runs.start_run(dataset, run_key, METHOD, list(names.values()), config, overwrite=overwrite)
+    dataset.untag_samples(tag)
+    dataset.set_values(names["score"], dict(zip(vids, score.tolist())), key_field="id")
+    dataset.set_values(names["knn"], dict(zip(vids, parts["knn"].astype(float).tolist())), key_field="id")
+    dataset.set_values(names["flag"], dict(zip(vids, flag.tolist())), key_field="id")
+    dataset.select([i for i, f in zip(vids, flag) if f]).tag_samples(tag)
+    dataset.save_view(view_name, dataset.match(F(names["flag"]) == True).sort_by(names["score"], reverse=True),
+                      overwrite=True, description=f"flagged by outlier run {run_key!r}, most unusual first")
+    counts, edges = np.histogram(score, bins=20, range=(0, 1))
+    cut = float(threshold if threshold is not None else (score[flag].min() if flag.any() else 1.0))
+    summary = {"run_key": run_key, "num_samples": len(ids), "num_scored": len(vids),
+               "num_skipped": len(ids) - len(vids), "num_flagged": int(flag.sum()), "cutoff": cut,
+               "histogram": {"counts": counts.tolist(), "edges": edges.tolist()}, "saved_views": [view_name],
+               "tags": [tag], "seconds": time.perf_counter() - t0}
+    runs.finish_run(dataset, run_key, **summary)
+    progress(1.0, "done")
+    return summary
+
+
+def _top(score: np.ndarray, fraction: float) -> np.ndarray:
+    n = int(round(fraction * len(score)))
+    flag = np.zeros(len(score), bool)
+    flag[np.lexsort((np.arange(len(score)), -score))[:n]] = True
+    return flag
