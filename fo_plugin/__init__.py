@@ -7,6 +7,8 @@ Subsets:
 Influence:
     :func:`compute_ssl_influence` -- label-free self-influence, augmentation loss, duplicate pairs.
     :func:`find_influential_training_samples` -- "what shaped this image": proponents and opponents.
+Curation:
+    :func:`find_near_duplicates`, :func:`find_outliers`, :func:`audit_subgroups`, :func:`export_curated`.
 Runs:
     :func:`list_runs`, :func:`get_run_config`, :func:`load_run_results`, :func:`delete_run`.
 Data:
@@ -46,6 +48,34 @@ def find_influential_training_samples(samples, query_ids, influence_run="influen
     from .influence import find_influential_training_samples as f
 
     return f(samples, query_ids, influence_run, run_key, **kwargs)
+
+
+def find_near_duplicates(samples, run_key="dups", **kwargs):
+    """See :func:`fo_plugin.duplicates.find_near_duplicates`."""
+    from .duplicates import find_near_duplicates as f
+
+    return f(samples, run_key, **kwargs)
+
+
+def find_outliers(samples, run_key="outliers", **kwargs):
+    """See :func:`fo_plugin.outliers.find_outliers`."""
+    from .outliers import find_outliers as f
+
+    return f(samples, run_key, **kwargs)
+
+
+def audit_subgroups(samples, group_field, run_key="audit", **kwargs):
+    """See :func:`fo_plugin.audit.audit_subgroups`."""
+    from .audit import audit_subgroups as f
+
+    return f(samples, group_field, run_key, **kwargs)
+
+
+def export_curated(samples, **kwargs):
+    """See :func:`fo_plugin.export.export_curated`."""
+    from .export import export_curated as f
+
+    return f(samples, **kwargs)
 
 
 def list_runs(dataset, method=None):

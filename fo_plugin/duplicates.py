@@ -6,12 +6,11 @@ from __future__ import annotations
 
 import os
 import time
-from typing import Callable
-
-import numpy as np
-import torch
+from collections.abc import Callable
 
 import fiftyone as fo
+import numpy as np
+import torch
 from fiftyone import ViewField as F
 
 from . import runs

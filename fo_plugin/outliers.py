@@ -4,12 +4,11 @@ combined with self-influence), a flag for the top fraction or a threshold, a tag
 from __future__ import annotations
 
 import time
-from typing import Callable
-
-import numpy as np
-import torch
+from collections.abc import Callable
 
 import fiftyone as fo
+import numpy as np
+import torch
 from fiftyone import ViewField as F
 
 from . import runs

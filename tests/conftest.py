@@ -88,3 +88,44 @@ def embedded(cifar_dataset):
                  {"view_target": "DATASET", "epochs": 6, "batch_size": 128})
     assert res.error is None, res.error
     return cifar_dataset, res.result
+
+
+@pytest.fixture(scope="session")
+def curation_dataset(cifar_files, tmp_images, embedded):
+    """300 real CIFAR-10 images + 20 planted near-duplicates (4 of each kind) + 20 planted MNIST outliers
+    (10 scattered, 10 grouped), embedded with the session's proxy."""
+    import fiftyone as fo
+
+    import fo_plugin
+    from fo_plugin.planted import plant_duplicates, plant_outliers
+
+    paths = [p for p, _, _ in cifar_files if int(os.path.basename(p)[:4]) < 30]
+    ds = fo.Dataset()
+    ds.add_samples([fo.Sample(filepath=p, ground_truth=fo.Classification(label=p.split("/")[-2]), planted="none")
+                    for p in paths], progress=False)
+    ids = ds.values("id")
+    dups = plant_duplicates(paths, os.path.join(tmp_images, "planted-dups"), per_kind=4)
+    ds.add_samples([fo.Sample(filepath=r["filepath"], planted="duplicate", dup_kind=r["kind"],
+                              dup_source=ids[r["source"]]) for r in dups], progress=False)
+    ood = plant_outliers(os.path.join(tmp_images, "planted-ood"), scattered=10, grouped=10)
+    ds.add_samples([fo.Sample(filepath=r["filepath"], planted=r["kind"]) for r in ood], progress=False)
+    ckpt = fo_plugin.get_run_config(embedded[0], "ssl_embedding")["backbone"]["checkpoint"]
+    fo_plugin.compute_ssl_embeddings(ds, checkpoint=ckpt)
+    yield ds
+    ds.delete()
+
+
+@pytest.fixture(scope="session")
+def utk_dataset(embedded):
+    """300 UTKFace faces (balanced subset) with age / gender / race, embedded with the session's proxy and scored
+    by identity-curvature influence, so the audit has real selections."""
+    import fo_plugin
+
+    ds = fo_plugin.load_utkface("utk-test", balanced=True, limit=None, overwrite=True)
+    keep = ds.take(300, seed=0).values("id")
+    ds.delete_samples(ds.exclude(keep))
+    ckpt = fo_plugin.get_run_config(embedded[0], "ssl_embedding")["backbone"]["checkpoint"]
+    fo_plugin.compute_ssl_embeddings(ds, checkpoint=ckpt)
+    fo_plugin.compute_ssl_influence(ds, curvature="identity", num_augs=2, project_dim=0)
+    yield ds
+    ds.delete()

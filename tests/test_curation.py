@@ -1,0 +1,147 @@
+"""The curation workflow through FiftyOne's operator execution, on real CIFAR-10 images with planted
+near-duplicates and out-of-domain images: recall / precision, AUROC per kind of outlier, the subgroup audit,
+and an export that leaves the source untouched and reloads."""
+
+import csv
+import os
+
+import numpy as np
+import pytest
+
+import fiftyone as fo
+from fiftyone import ViewField as F
+
+import fo_plugin
+from conftest import run_op
+from fo_plugin.core.outliers import auroc
+
+
+def _pairs_found(ds, key):
+    return {tuple(sorted((p["a"], p["b"]))) for p in fo_plugin.load_run_results(ds, key)["pairs"]}
+
+
+def test_near_duplicates_recall_precision_and_one_representative_per_group(curation_dataset):
+    ds = curation_dataset
+    res = run_op("find_near_duplicates", ds, {"view_target": "DATASET", "keep": "largest_file"})
+    assert res.error is None, res.error
+    planted = ds.match(F("planted") == "duplicate")
+    truth = {tuple(sorted(p)) for p in zip(*planted.values(["id", "dup_source"]))}
+    found = _pairs_found(ds, "dups")
+    recall = len(found & truth) / len(truth)
+    precision = len(found & truth) / max(1, len(found))
+    by_kind = {}
+    for sid, src, kind in zip(*planted.values(["id", "dup_source", "dup_kind"])):
+        by_kind.setdefault(kind, []).append(tuple(sorted((sid, src))) in found)
+    print(f"near-duplicates: recall {recall:.2f}, precision {precision:.2f}, "
+          + ", ".join(f"{k} {np.mean(v):.2f}" for k, v in by_kind.items()))
+    assert recall >= 0.75 and precision >= 0.5
+    assert np.mean(by_kind["exact"]) == 1.0
+    groups = ds.exists("dups_group")
+    for g in set(groups.values("dups_group")):
+        members = groups.match(F("dups_group") == g)
+        assert members.match(F("dups_keep") == True).count() == 1
+        kept = members.match(F("dups_keep") == True).first()
+        sizes = [os.path.getsize(p) for p in members.values("filepath")]
+        assert os.path.getsize(kept.filepath) == max(sizes)  # keep = largest file
+    assert ds.match(F("dups_group") == None).count() == ds.match(F("dups_keep") == True).count() - len(set(groups.values("dups_group")))  # noqa: E711
+    assert ds.count_sample_tags()["near_duplicate"] == ds.match(F("dups_keep") == False).count()
+    assert ds.load_saved_view("near duplicates").count() == groups.count()
+
+
+def test_outlier_scores_find_scattered_and_grouped_out_of_domain_images(curation_dataset):
+    ds = curation_dataset
+    res = run_op("find_outliers", ds, {"view_target": "DATASET", "fraction": 0.05})
+    assert res.error is None, res.error
+    out = res.result
+    planted = np.array(ds.values("planted"))
+    score, knn = np.array(ds.values("outliers_score")), np.array(ds.values("outliers_knn"))
+    figures = {}
+    for kind in ("scattered", "grouped"):
+        m = (planted == "none") | (planted == kind)
+        figures[kind] = (auroc(score[m], planted[m] == kind), auroc(knn[m], planted[m] == kind))
+    print("outlier AUROC (multi-scale / kNN@10): " + ", ".join(f"{k} {a:.2f} / {b:.2f}" for k, (a, b) in figures.items()))
+    assert figures["grouped"][0] > figures["grouped"][1]  # the group hides from a small neighbourhood only
+    assert figures["scattered"][0] >= 0.8 and figures["grouped"][0] >= 0.8
+    assert out["num_flagged"] == round(0.05 * len(ds)) == ds.count_sample_tags()["outlier"]
+    assert sum(out["histogram"]["counts"]) == len(ds)
+    assert len(out["histogram_plot"][0]["x"]) == 20
+    view = ds.load_saved_view("outliers")
+    vals = view.values("outliers_score")
+    assert vals == sorted(vals, reverse=True) and view.count() == out["num_flagged"]
+
+
+def test_audit_reports_shares_ratios_and_significance(curation_dataset):
+    ds = curation_dataset
+    labels = np.array(ds.values("ground_truth.label"), dtype=object)
+    cats = ds.match(F("ground_truth.label") == "cat").values("id")
+    others = ds.match(F("ground_truth.label") != "cat").limit(5).values("id")
+    out = fo_plugin.audit_subgroups(ds, "ground_truth", "audit_gt", selections={"biased": cats + others})
+    rows = {r["group"]: r for r in out["rows"]}
+    n = len(ds)
+    assert np.isclose(rows["cat"]["share_overall"], (labels == "cat").sum() / n)
+    assert np.isclose(rows["cat"]["share_selected"], len(cats) / (len(cats) + 5))
+    assert rows["cat"]["ratio"] > 3 and rows["cat"]["p_value"] < 1e-6
+    assert np.isclose(sum(r["share_selected"] for r in out["rows"]), 1.0)
+    assert fo_plugin.load_run_results(ds, "audit_gt")["rows"] == out["rows"]  # stored, reloadable
+
+
+def test_audit_operator_on_faces_by_race_and_by_image_brightness(utk_dataset):
+    ds = utk_dataset
+    res = run_op("audit_subgroups", ds, {"view_target": "DATASET", "group_field": "race", "top_fraction": 0.1})
+    assert res.error is None, res.error
+    out = res.result
+    assert {r["group"] for r in out["rows"]} == {"White", "Black", "Asian", "Indian", "Others"}
+    for sel in out["selections"]:
+        shares = [r["share_selected"] for r in out["rows"] if r["selection"] == sel]
+        assert np.isclose(sum(shares), 1.0)
+    assert all(0 <= r["p_value"] <= 1 for r in out["rows"])
+    assert out["ratio_plot"] and out["table"]
+    bright = fo_plugin.audit_subgroups(ds, "brightness", "audit_light", top_fraction=0.1)
+    bins = ds.values("audit_light_brightness_bin")
+    assert sorted(set(bins)) == ["q1 (low)", "q2", "q3", "q4 (high)"]
+    values = np.array(ds.values("audit_light_brightness"))
+    assert values[np.array(bins) == "q4 (high)"].min() >= values[np.array(bins) == "q1 (low)"].max()
+    top = [r for r in bright["rows"] if r["selection"].startswith("hardest")]
+    print("UTKFace hardest 10% by brightness quartile: "
+          + ", ".join(f"{r['group']} x{r['ratio']:.2f} (p={r['p_value']:.2g})" for r in top))
+    assert len(top) == 4
+
+
+def test_export_drops_what_was_chosen_keeps_the_source_and_reloads(curation_dataset, tmp_path):
+    ds = curation_dataset
+    fo_plugin.find_near_duplicates(ds, "dups_x", keep="first")
+    fo_plugin.find_outliers(ds, "outl_x", fraction=0.05)
+    before = (len(ds), ds.count_sample_tags(), ds.values("id"), ds.get_field_schema().keys())
+    name = f"curated-{os.getpid()}-{tmp_path.name}"
+    res = run_op("export_curated", ds, {"view_target": "DATASET", "duplicates_run": "dups_x",
+                                        "outliers_run": "outl_x", "name": name})
+    assert res.error and "Confirm" in str(res.error)  # nothing happens without confirmation
+    assert not fo.dataset_exists(name)
+    res = run_op("export_curated", ds, {"view_target": "DATASET", "duplicates_run": "dups_x",
+                                        "outliers_run": "outl_x", "name": name, "confirm": True,
+                                        "export_dir": str(tmp_path / "tree"), "export_type": "classification_tree",
+                                        "label_field": "ground_truth"})
+    assert res.error is None, res.error
+    out = res.result
+    n_drop = len(set(ds.match(F("dups_x_keep") == False).values("id")) | set(ds.match(F("outl_x_flag") == True).values("id")))
+    assert out["num_removed"] == n_drop and out["num_kept"] == len(ds) - n_drop
+    assert before == (len(ds), ds.count_sample_tags(), ds.values("id"), ds.get_field_schema().keys())
+    new = fo.load_dataset(name)
+    assert len(new) == out["num_kept"] and new.info["curated_from"] == ds.name
+    with open(out["manifest"]) as fh:
+        manifest = list(csv.DictReader(fh))
+    assert len(manifest) == n_drop and all(r["reason"] for r in manifest)
+    assert not set(r["id"] for r in manifest) & set(new.values("filepath"))
+    reloaded = fo.Dataset.from_dir(dataset_dir=str(tmp_path / "tree" / "data"),
+                                   dataset_type=fo.types.ImageClassificationDirectoryTree)
+    assert len(reloaded) == out["num_kept"]  # unlabelled samples go to the tree's _unlabeled folder
+    assert reloaded.count("ground_truth") == new.count("ground_truth")
+    reloaded.delete()
+    new.delete()
+
+
+def test_export_refuses_to_overwrite(curation_dataset):
+    with pytest.raises(ValueError, match="already exists"):
+        fo_plugin.export_curated(curation_dataset, name=curation_dataset.name)
+    with pytest.raises(ValueError, match="name, an export directory"):
+        fo_plugin.export_curated(curation_dataset)
