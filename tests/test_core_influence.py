@@ -9,8 +9,17 @@ from torch import nn
 from fo_plugin.core.augment import AugmentConfig
 from fo_plugin.core.ekfac import EKFAC
 from fo_plugin.core.images import iter_decoded, to_float
-from fo_plugin.core.influence import (CountSketch, InfluenceConfig, SSLOutput, aug_losses, loss_from_outputs,
-                                      make_views, per_example_grads, spearman, tracked_parameters)
+from fo_plugin.core.influence import (
+    CountSketch,
+    InfluenceConfig,
+    SSLOutput,
+    aug_losses,
+    loss_from_outputs,
+    make_views,
+    per_example_grads,
+    spearman,
+    tracked_parameters,
+)
 
 
 class Tiny(nn.Module):

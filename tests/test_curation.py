@@ -5,14 +5,13 @@ and an export that leaves the source untouched and reloads."""
 import csv
 import os
 
+import fiftyone as fo
 import numpy as np
 import pytest
-
-import fiftyone as fo
+from conftest import run_op
 from fiftyone import ViewField as F
 
 import fo_plugin
-from conftest import run_op
 from fo_plugin.core.outliers import auroc
 
 

@@ -4,14 +4,13 @@
 import os
 import shutil
 
+import fiftyone as fo
 import numpy as np
 import pytest
-
-import fiftyone as fo
+from conftest import run_op
 from fiftyone import ViewField as F
 
 import fo_plugin
-from conftest import run_op
 
 
 @pytest.fixture(scope="module")
