@@ -12,7 +12,7 @@ export FIFTYONE_DO_NOT_TRACK := true
 export HF_HUB_OFFLINE := 1
 export FO_SSL_CACHE_DIR ?= $(HERE)/.cache/fo-ssl
 
-.PHONY: venv install demo test test-all bench app lint clean
+.PHONY: venv install app-deps demo test test-all bench app lint clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -32,10 +32,17 @@ install: $(STAMP)
 demo: venv
 	$(BIN)/python -m fo_plugin.demo $(ARGS)
 
-test: venv
+# the App test drives Debian's chromium with playwright-core (tests/app); without them it is skipped
+app-deps:
+	@command -v chromium >/dev/null 2>&1 || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+		apt-get install -y -qq chromium >/dev/null; } || echo "chromium could not be installed: the App test will be skipped"
+	@test -d tests/app/node_modules || (cd tests/app && npm ci --no-audit --no-fund --silent) \
+		|| echo "playwright-core could not be installed: the App test will be skipped"
+
+test: venv app-deps
 	$(BIN)/python -m pytest -q $(ARGS)
 
-test-all: venv
+test-all: venv app-deps
 	$(BIN)/python -m pytest -q -m "slow or not slow" $(ARGS)
 
 bench: venv

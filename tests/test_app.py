@@ -1,0 +1,76 @@
+"""The App in headless Chromium: it serves our dataset, lists our operators in the operator browser, and renders
+an operator's form. Screenshots are kept in artifacts/ (the README shows one).
+
+Needs Debian's chromium and tests/app/node_modules (``make app-deps``, run by ``make test``)."""
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+APP_DIR = os.path.join(ROOT, "tests", "app")
+ARTIFACTS = os.path.join(ROOT, "artifacts")
+CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
+
+pytestmark = pytest.mark.skipif(
+    not (os.path.exists(CHROMIUM) and shutil.which("node") and os.path.isdir(os.path.join(APP_DIR, "node_modules"))),
+    reason="needs chromium, node and tests/app/node_modules: run `make app-deps`")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def app_server(curation_dataset):
+    import fo_plugin
+
+    ds = curation_dataset
+    ds.persistent = True  # the App server is another process
+    fo_plugin.find_outliers(ds, "outliers", fraction=0.05, overwrite=True)
+    port = _free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "fiftyone.server.main", "--port", str(port), "--address",
+                             "127.0.0.1"], env=os.environ.copy(), stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        try:
+            if urllib.request.urlopen(url, timeout=2).status == 200:
+                break
+        except OSError:
+            time.sleep(1)
+    else:
+        proc.kill()
+        pytest.fail("the App server did not start in 120 s")
+    yield ds, url
+    proc.terminate()
+    proc.wait(timeout=30)
+    ds.persistent = False
+
+
+def test_app_lists_our_operators_and_renders_a_form(app_server):
+    ds, url = app_server
+    os.makedirs(ARTIFACTS, exist_ok=True)
+    with tempfile.TemporaryDirectory() as profile:
+        out = subprocess.run(["node", os.path.join(APP_DIR, "drive_app.js"), f"{url}/datasets/{ds.name}", ARTIFACTS,
+                              "SSL curation: find outliers", profile],
+                             cwd=APP_DIR, capture_output=True, text=True, timeout=240)
+    assert out.returncode == 0, out.stderr[-2000:]
+    pages = json.loads(out.stdout.strip().splitlines()[-1])
+    for label in ("SSL curation: compute SSL embeddings", "SSL curation: CL-Core (SAS) subset",
+                  "SSL curation: label-free influence", "SSL curation: find near-duplicates",
+                  "SSL curation: find outliers", "SSL curation: export curated subset"):
+        assert label in pages["listed"], f"{label!r} not in the operator browser"
+    assert "Fraction to flag" in pages["form"] and "Embeddings field" in pages["form"]
+    for shot in ("app_grid.png", "app_operator_browser.png", "app_operator_form.png"):
+        assert os.path.getsize(os.path.join(ARTIFACTS, shot)) > 10_000
