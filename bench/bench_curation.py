@@ -18,11 +18,10 @@ import tempfile
 import time
 
 import common  # noqa: F401  (environment)
-import numpy as np
-import torch
-
 import fiftyone as fo
 import fiftyone.brain as fob
+import numpy as np
+import torch
 
 import fo_plugin
 from fo_plugin.core.duplicates import find_duplicates, pixel_signature

@@ -13,7 +13,7 @@ from fiftyone import ViewField as F
 from . import runs
 from .core.images import iter_decoded
 from .core.properties import PROPERTIES, image_properties, quartile_bins
-from .features import canonical
+from .features import canonical, categorical_values
 
 METHOD = runs.METHOD_PREFIX + "subgroup_audit"
 
@@ -36,21 +36,6 @@ def default_selections(dataset: fo.Dataset, top_fraction: float = 0.05) -> dict[
     for key in runs.list_runs(dataset, "clcore"):
         out[f"CL-Core pruned [{key}]"] = dataset.match(F(f"{key}_selected") == False).values("id")
     return {k: v for k, v in out.items() if v}
-
-
-def group_values(samples, field: str, ids: list[str]) -> list:
-    """Categorical values of ``field`` (a Classification's label, or a str / int / bool field) in ``ids`` order."""
-    schema = samples.get_field_schema()
-    if field not in schema:
-        raise ValueError(f"field {field!r} does not exist; use a categorical field or one of {PROPERTIES}")
-    ftype = schema[field]
-    path = field
-    if isinstance(ftype, fo.EmbeddedDocumentField) and issubclass(ftype.document_type, fo.Classification):
-        path = f"{field}.label"
-    elif not isinstance(ftype, (fo.StringField, fo.IntField, fo.BooleanField)):
-        raise ValueError(f"field {field!r} is a {type(ftype).__name__}: the audit needs a categorical field")
-    by_id = dict(zip(samples.values("id"), samples.values(path)))
-    return [by_id.get(i) for i in ids]
 
 
 def audit_table(groups: list, selections: dict[str, list[str]], ids: list[str]) -> list[dict]:
@@ -113,7 +98,7 @@ def audit_subgroups(samples: fo.core.collections.SampleCollection, group_field: 
         dataset.set_values(fields[1], dict(zip(ids, bins.tolist())), key_field="id")
         groups = bins.tolist()
     else:
-        groups = group_values(samples, group_field, ids)
+        groups = categorical_values(samples, group_field, ids)
     selections = selections if selections is not None else default_selections(samples, top_fraction)
     if not selections:
         raise ValueError("nothing to audit: run influence, outliers, near-duplicates or CL-Core first, or pass "

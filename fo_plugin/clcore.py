@@ -18,7 +18,7 @@ from .core import rng
 from .core.clcore import MODES, select
 from .core.device import resolve_device
 from .core.kmeans import estimate_k, kmeans
-from .features import canonical, field_vectors, load_run_model, project_views
+from .features import canonical, categorical_values, field_vectors, load_run_model, project_views
 
 METHOD = runs.METHOD_PREFIX + "clcore"
 LATENT = ("kmeans", "label_field")
@@ -49,18 +49,8 @@ def budget_count(budget: float, n: int) -> int:
 
 
 def latent_labels_from_field(samples, field: str, ids: list[str]) -> tuple[np.ndarray, list]:
-    """Latent classes from a user's field: a Classification (its label) or a string / int / bool field."""
-    schema = samples.get_field_schema()
-    if field not in schema:
-        raise ValueError(f"label field {field!r} does not exist")
-    ftype = schema[field]
-    path = field
-    if isinstance(ftype, fo.EmbeddedDocumentField) and issubclass(ftype.document_type, fo.Classification):
-        path = f"{field}.label"
-    elif not isinstance(ftype, (fo.StringField, fo.IntField, fo.BooleanField)):
-        raise ValueError(f"label field {field!r} is a {type(ftype).__name__}; use a Classification, string or int field")
-    by_id = dict(zip(samples.values("id"), samples.values(path)))
-    vals = [by_id.get(i) for i in ids]
+    """Latent classes from a user's categorical field: (class index per sample, -1 where none; class names)."""
+    vals = categorical_values(samples, field, ids)
     names = sorted({v for v in vals if v is not None}, key=str)
     index = {v: k for k, v in enumerate(names)}
     return np.array([index.get(v, -1) for v in vals]), names

@@ -91,3 +91,25 @@ def field_vectors(samples: fo.core.collections.SampleCollection, field: str, ids
     z = np.zeros((len(ids), dim), dtype=np.float32)
     z[ok] = np.stack([np.asarray(v, dtype=np.float32) for v, o in zip(vals, ok) if o])
     return torch.as_tensor(z)[None], ok
+
+
+def is_categorical(ftype) -> bool:
+    """A Classification, or a string / int / bool field: something whose values name groups."""
+    if isinstance(ftype, fo.EmbeddedDocumentField):
+        return issubclass(ftype.document_type, fo.Classification)
+    return isinstance(ftype, (fo.StringField, fo.IntField, fo.BooleanField))
+
+
+def categorical_values(samples: fo.core.collections.SampleCollection, field: str, ids: list[str]) -> list:
+    """Values of a categorical ``field`` (a Classification's label, or the field itself) in the order of ``ids``
+    (None where a sample has none)."""
+    schema = samples.get_field_schema()
+    if field not in schema:
+        raise ValueError(f"field {field!r} does not exist")
+    ftype = schema[field]
+    if not is_categorical(ftype):
+        raise ValueError(f"field {field!r} is a {type(ftype).__name__}; use a Classification, string, int or "
+                         "bool field")
+    path = f"{field}.label" if isinstance(ftype, fo.EmbeddedDocumentField) else field
+    by_id = dict(zip(samples.values("id"), samples.values(path)))
+    return [by_id.get(i) for i in ids]

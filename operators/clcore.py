@@ -2,48 +2,34 @@
 
 from __future__ import annotations
 
-import fiftyone as fo
-import fiftyone.operators as foo
 from fiftyone.operators import types
 
-from .common import CurationOperator, add_device_and_delegate, add_run_key, add_target, positive_int, report_errors
-
-
-def _label_fields(dataset) -> list[str]:
-    out = []
-    for name, f in dataset.get_field_schema().items():
-        if isinstance(f, fo.EmbeddedDocumentField) and issubclass(f.document_type, fo.Classification) or isinstance(f, (fo.StringField, fo.IntField)) and name not in ("id", "filepath") and not name.endswith("_error"):
-            out.append(name)
-    return out
+from .common import (
+    CurationOperator,
+    add_device_and_delegate,
+    add_run_key,
+    add_target,
+    categorical_fields,
+    dropdown,
+    operator_config,
+    positive_int,
+    report_errors,
+    run_choice,
+)
 
 
 class ComputeCLCore(CurationOperator):
     @property
     def config(self):
-        return foo.OperatorConfig(
-            name="compute_clcore",
-            label="SSL curation: CL-Core (SAS) subset",
-            description="Rank samples by expected augmentation similarity within latent classes and keep a budget",
-            dynamic=True,
-            allow_immediate_execution=True,
-            allow_delegated_execution=True,
-        )
+        return operator_config("compute_clcore", "SSL curation: CL-Core (SAS) subset",
+                               "Rank samples by expected augmentation similarity within latent classes and keep a budget")
 
     def resolve_input(self, ctx):
-        from fo_plugin import runs
-
         inputs = types.Object()
         add_target(ctx, inputs)
-        emb_runs = runs.list_runs(ctx.dataset, "ssl_embeddings")
-        if not emb_runs:
-            inputs.view("need", types.Error(label="No SSL embeddings run yet",
-                                            description="Run 'SSL curation: compute SSL embeddings' first"))
+        if run_choice(ctx, inputs, "embeddings_run", "ssl_embeddings", "Embeddings run (its model gives f)",
+                      "No SSL embeddings run yet: run 'SSL curation: compute SSL embeddings' first") is None:
             return types.Property(inputs)
-        choices = types.Dropdown()
-        for k in emb_runs:
-            choices.add_choice(k, label=k)
-        inputs.enum("embeddings_run", choices.values(), default=emb_runs[0], view=choices,
-                    label="Embeddings run (its model gives f)")
 
         latent = types.RadioGroup()
         latent.add_choice("kmeans", label="k-means on the proxy's projections (label-free)")
@@ -53,11 +39,7 @@ class ComputeCLCore(CurationOperator):
             positive_int(ctx, inputs, "num_classes", 0, "Number of latent classes",
                          "0 = estimate it (silhouette)", minimum=0)
         else:
-            fields = _label_fields(ctx.dataset)
-            lf = types.Dropdown()
-            for f in fields:
-                lf.add_choice(f, label=f)
-            inputs.enum("label_field", lf.values(), required=True, view=lf, label="Label field")
+            dropdown(inputs, "label_field", categorical_fields(ctx.dataset), "Label field", required=True)
 
         positive_int(ctx, inputs, "num_views", 1, "Augmented views per image", "1 = unaugmented (authors' default)")
         prop = inputs.float("budget", default=0.8, label="Budget",

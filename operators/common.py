@@ -2,8 +2,15 @@
 
 from __future__ import annotations
 
+import fiftyone as fo
 import fiftyone.operators as foo
 from fiftyone.operators import types
+
+
+def operator_config(name: str, label: str, description: str) -> foo.OperatorConfig:
+    """Every operator here: a dynamic form, immediate or delegated execution."""
+    return foo.OperatorConfig(name=name, label=label, description=description, dynamic=True,
+                              allow_immediate_execution=True, allow_delegated_execution=True)
 
 
 class CurationOperator(foo.Operator):
@@ -87,3 +94,49 @@ def report_errors(ctx, summary: dict) -> None:
     """Reload the App after fields changed (immediate mode only)."""
     if not ctx.delegated:
         ctx.trigger("reload_dataset")
+
+
+def dropdown(inputs: types.Object, name: str, values, label: str, default=None, required: bool = False,
+             description: str | None = None):
+    """A dropdown of ``values`` (each its own label)."""
+    d = types.Dropdown()
+    for v in values:
+        d.add_choice(v, label=v)
+    return inputs.enum(name, d.values(), default=default, view=d, label=label, required=required,
+                       description=description)
+
+
+def run_choice(ctx, inputs: types.Object, name: str, method: str, label: str, missing: str):
+    """A dropdown of this library's runs of ``method``; an error notice (and None) when there are none yet."""
+    from fo_plugin import runs
+
+    keys = runs.list_runs(ctx.dataset, method)
+    if not keys:
+        inputs.view(f"need_{name}", types.Error(label=missing))
+        return None
+    dropdown(inputs, name, keys, label, default=keys[0])
+    return keys
+
+
+def bounded_float(ctx, inputs: types.Object, name: str, default: float, label: str, lo: float, hi: float,
+                  description: str = "") -> None:
+    """A float input that is a form error outside [lo, hi]."""
+    prop = inputs.float(name, default=default, label=label, description=description)
+    v = ctx.params.get(name, default)
+    if v is not None and (not isinstance(v, (int, float)) or not lo <= v <= hi):
+        prop.invalid = True
+        prop.error_message = f"{label} must be between {lo} and {hi}"
+
+
+def categorical_fields(dataset) -> list[str]:
+    """Fields whose values name groups (classifications, strings, ints, bools), less ids, paths and our own
+    per-sample bookkeeping fields."""
+    from fo_plugin.features import is_categorical
+
+    skip = ("id", "filepath")
+    return [n for n, f in dataset.get_field_schema().items()
+            if is_categorical(f) and n not in skip and not n.endswith(("_error", "_dup_of", "_rank", "_rank_overall"))]
+
+
+def vector_fields(dataset) -> list[str]:
+    return [n for n, f in dataset.get_field_schema().items() if isinstance(f, (fo.VectorField, fo.ArrayField))]

@@ -3,51 +3,35 @@
 from __future__ import annotations
 
 import fiftyone as fo
-import fiftyone.operators as foo
 import fiftyone.operators.types as types
 
-from .common import CurationOperator, add_run_key, add_target, report_errors
-
-
-def _vector_fields(dataset) -> list[str]:
-    return [n for n, f in dataset.get_field_schema().items() if isinstance(f, (fo.VectorField, fo.ArrayField))]
-
-
-def _dropdown(inputs, name, values, label, default=None, required=False, description=None):
-    d = types.Dropdown()
-    for v in values:
-        d.add_choice(v, label=v)
-    return inputs.enum(name, d.values(), default=default, view=d, label=label, required=required,
-                       description=description)
-
-
-def _config(name, label, description):
-    return foo.OperatorConfig(name=name, label=label, description=description, dynamic=True,
-                              allow_immediate_execution=True, allow_delegated_execution=True)
+from .common import (
+    CurationOperator,
+    add_run_key,
+    add_target,
+    bounded_float,
+    categorical_fields,
+    dropdown,
+    operator_config,
+    report_errors,
+    vector_fields,
+)
 
 
 def _embeddings_input(ctx, inputs) -> bool:
-    fields = _vector_fields(ctx.dataset)
+    fields = vector_fields(ctx.dataset)
     if not fields:
         inputs.view("need", types.Error(label="No embeddings yet: run 'compute SSL embeddings' first"))
         return False
-    _dropdown(inputs, "embeddings_field", fields, "Embeddings field",
+    dropdown(inputs, "embeddings_field", fields, "Embeddings field",
               default="ssl_embedding" if "ssl_embedding" in fields else fields[0])
     return True
-
-
-def _bounded_float(ctx, inputs, name, default, label, lo, hi, description=""):
-    prop = inputs.float(name, default=default, label=label, description=description)
-    v = ctx.params.get(name, default)
-    if v is not None and (not isinstance(v, (int, float)) or not lo <= v <= hi):
-        prop.invalid = True
-        prop.error_message = f"{label} must be between {lo} and {hi}"
 
 
 class FindNearDuplicates(CurationOperator):
     @property
     def config(self):
-        return _config("find_near_duplicates", "SSL curation: find near-duplicates",
+        return operator_config("find_near_duplicates", "SSL curation: find near-duplicates",
                        "Group near-duplicates (SSL neighbours confirmed by pixel similarity) and keep one per group")
 
     def resolve_input(self, ctx):
@@ -58,14 +42,14 @@ class FindNearDuplicates(CurationOperator):
         add_target(ctx, inputs)
         if not _embeddings_input(ctx, inputs):
             return types.Property(inputs)
-        _bounded_float(ctx, inputs, "threshold", 0.8, "SSL cosine threshold", 0.0, 1.0)
+        bounded_float(ctx, inputs, "threshold", 0.8, "SSL cosine threshold", 0.0, 1.0)
         inputs.bool("pixel_check", default=True, label="Confirm with pixel similarity")
         if ctx.params.get("pixel_check", True):
-            _bounded_float(ctx, inputs, "pixel_threshold", 0.85, "Pixel correlation threshold", -1.0, 1.0)
+            bounded_float(ctx, inputs, "pixel_threshold", 0.85, "Pixel correlation threshold", -1.0, 1.0)
         infl = runs.list_runs(ctx.dataset, "ssl_influence")
         if infl:
-            _dropdown(inputs, "influence_run", infl, "Also confirm with influence gradients (optional)")
-        _dropdown(inputs, "keep", POLICIES, "Representative", default="first",
+            dropdown(inputs, "influence_run", infl, "Also confirm with influence gradients (optional)")
+        dropdown(inputs, "keep", POLICIES, "Representative", default="first",
                   description="clcore: highest CL-Core score; influence: lowest self-influence; largest_file; first")
         add_run_key(ctx, inputs, "dups", lambda k: duplicate_fields(k).values())
         return types.Property(inputs, view=types.View(label="Find near-duplicates"))
@@ -94,7 +78,7 @@ class FindNearDuplicates(CurationOperator):
 class FindOutliers(CurationOperator):
     @property
     def config(self):
-        return _config("find_outliers", "SSL curation: find outliers",
+        return operator_config("find_outliers", "SSL curation: find outliers",
                        "Multi-scale kNN distance in the SSL embedding space (optionally with influence)")
 
     def resolve_input(self, ctx):
@@ -105,11 +89,11 @@ class FindOutliers(CurationOperator):
         add_target(ctx, inputs)
         if not _embeddings_input(ctx, inputs):
             return types.Property(inputs)
-        _bounded_float(ctx, inputs, "fraction", 0.02, "Fraction to flag", 0.0, 1.0,
+        bounded_float(ctx, inputs, "fraction", 0.02, "Fraction to flag", 0.0, 1.0,
                        "Pick it by eye from the histogram of a first run; 0 flags none")
         infl = runs.list_runs(ctx.dataset, "ssl_influence")
         if infl:
-            _dropdown(inputs, "influence_run", infl, "Also combine self-influence (optional)")
+            dropdown(inputs, "influence_run", infl, "Also combine self-influence (optional)")
         add_run_key(ctx, inputs, "outliers", lambda k: outlier_fields(k).values())
         return types.Property(inputs, view=types.View(label="Find outliers"))
 
@@ -139,7 +123,7 @@ class FindOutliers(CurationOperator):
 class AuditSubgroups(CurationOperator):
     @property
     def config(self):
-        return _config("audit_subgroups", "SSL curation: subgroup audit",
+        return operator_config("audit_subgroups", "SSL curation: subgroup audit",
                        "Over- / under-representation of groups among influential, hard, outlier, duplicate, pruned")
 
     def resolve_input(self, ctx):
@@ -147,10 +131,10 @@ class AuditSubgroups(CurationOperator):
 
         inputs = types.Object()
         add_target(ctx, inputs)
-        fields = [f for f in _categorical(ctx.dataset)] + list(PROPERTIES)
-        _dropdown(inputs, "group_field", fields, "Group by", required=True,
+        fields = categorical_fields(ctx.dataset) + list(PROPERTIES)
+        dropdown(inputs, "group_field", fields, "Group by", required=True,
                   description="A categorical field, or an image property binned into quartiles")
-        _bounded_float(ctx, inputs, "top_fraction", 0.05, "Top fraction (influence, hardness)", 0.001, 1.0)
+        bounded_float(ctx, inputs, "top_fraction", 0.05, "Top fraction (influence, hardness)", 0.001, 1.0)
         inputs.str("run_key", default="audit", label="Run key")
         return types.Property(inputs, view=types.View(label="Subgroup audit"))
 
@@ -181,21 +165,10 @@ class AuditSubgroups(CurationOperator):
         return types.Property(outputs, view=types.View(label="Subgroup audit"))
 
 
-def _categorical(dataset) -> list[str]:
-    out = []
-    for n, f in dataset.get_field_schema().items():
-        if isinstance(f, fo.EmbeddedDocumentField) and issubclass(f.document_type, fo.Classification):
-            out.append(n)
-        elif isinstance(f, (fo.StringField, fo.IntField, fo.BooleanField)) and n not in ("id", "filepath") \
-                and not n.endswith(("_error", "_dup_of", "_rank", "_rank_overall")):
-            out.append(n)
-    return out
-
-
 class ExportCurated(CurationOperator):
     @property
     def config(self):
-        return _config("export_curated", "SSL curation: export curated subset",
+        return operator_config("export_curated", "SSL curation: export curated subset",
                        "Write the curated subset to a new dataset or directory; the source is never modified")
 
     def resolve_input(self, ctx):
@@ -209,13 +182,13 @@ class ExportCurated(CurationOperator):
                                     ("clcore", "clcore_run", "Keep the CL-Core subset of")):
             keys = runs.list_runs(ctx.dataset, method)
             if keys:
-                _dropdown(inputs, name, keys, label + " (optional)")
+                dropdown(inputs, name, keys, label + " (optional)")
         if ctx.params.get("clcore_run"):
             inputs.float("drop_least_fraction", label="...or only drop this least-valuable fraction (optional)")
         inputs.str("keep_tag", label="Keep only samples with this tag (optional)")
         inputs.str("name", label="New dataset name", description="Leave empty to only export files")
         inputs.str("export_dir", label="Export directory (new or empty; optional)")
-        _dropdown(inputs, "export_type", list(EXPORT_TYPES), "Export format", default="fiftyone")
+        dropdown(inputs, "export_type", list(EXPORT_TYPES), "Export format", default="fiftyone")
         inputs.str("label_field", label="Label field (classification tree / COCO)")
         p = ctx.params
         plan = {k: p.get(k) or None for k in ("duplicates_run", "outliers_run", "clcore_run", "keep_tag")}

@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
-import fiftyone.operators as foo
 from fiftyone.operators import types
 
-from .common import CurationOperator, add_device_and_delegate, add_output_field, add_target, positive_int, report_errors
+from .common import (
+    CurationOperator,
+    add_device_and_delegate,
+    add_output_field,
+    add_target,
+    operator_config,
+    positive_int,
+    report_errors,
+)
 
 BACKBONES = {
     "proxy": "SimCLR proxy trained on these images (offline default)",
@@ -18,14 +25,8 @@ BACKBONES = {
 class ComputeSSLEmbeddings(CurationOperator):
     @property
     def config(self):
-        return foo.OperatorConfig(
-            name="compute_ssl_embeddings",
-            label="SSL curation: compute SSL embeddings",
-            description="Embed images with a self-supervised model; the proxy is trained on the images themselves",
-            dynamic=True,
-            allow_immediate_execution=True,
-            allow_delegated_execution=True,
-        )
+        return operator_config("compute_ssl_embeddings", "SSL curation: compute SSL embeddings",
+                               "Embed images with a self-supervised model; the proxy is trained on the images themselves")
 
     def resolve_input(self, ctx):
         inputs = types.Object()

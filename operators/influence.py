@@ -2,42 +2,32 @@
 
 from __future__ import annotations
 
-import fiftyone.operators as foo
 from fiftyone.operators import types
 
-from .common import CurationOperator, add_device_and_delegate, add_run_key, add_target, positive_int, report_errors
-
-
-def _run_choice(ctx, inputs, name: str, method: str, label: str, missing: str):
-    from fo_plugin import runs
-
-    keys = runs.list_runs(ctx.dataset, method)
-    if not keys:
-        inputs.view(f"need_{name}", types.Error(label=missing))
-        return None
-    choices = types.Dropdown()
-    for k in keys:
-        choices.add_choice(k, label=k)
-    inputs.enum(name, choices.values(), default=keys[0], view=choices, label=label)
-    return keys
+from .common import (
+    CurationOperator,
+    add_device_and_delegate,
+    add_run_key,
+    add_target,
+    operator_config,
+    positive_int,
+    report_errors,
+    run_choice,
+)
 
 
 class ComputeSSLInfluence(CurationOperator):
     @property
     def config(self):
-        return foo.OperatorConfig(
-            name="compute_ssl_influence",
-            label="SSL curation: label-free influence",
-            description="Self-influence of each sample on the SSL model (augmentations in place of labels)",
-            dynamic=True, allow_immediate_execution=True, allow_delegated_execution=True,
-        )
+        return operator_config("compute_ssl_influence", "SSL curation: label-free influence",
+                               "Self-influence of each sample on the SSL model (augmentations in place of labels)")
 
     def resolve_input(self, ctx):
         from fo_plugin.influence import influence_fields
 
         inputs = types.Object()
         add_target(ctx, inputs)
-        if _run_choice(ctx, inputs, "embeddings_run", "ssl_embeddings", "Embeddings run (its model is f)",
+        if run_choice(ctx, inputs, "embeddings_run", "ssl_embeddings", "Embeddings run (its model is f)",
                        "No SSL embeddings run yet: run 'compute SSL embeddings' first") is None:
             return types.Property(inputs)
         curv = types.RadioGroup()
@@ -78,12 +68,8 @@ class ComputeSSLInfluence(CurationOperator):
 class FindInfluentialTrainingSamples(CurationOperator):
     @property
     def config(self):
-        return foo.OperatorConfig(
-            name="find_influential_training_samples",
-            label="SSL curation: what shaped this image?",
-            description="Training samples with the largest influence (proponents, opponents) on the selected samples",
-            dynamic=True, allow_immediate_execution=True, allow_delegated_execution=True,
-        )
+        return operator_config("find_influential_training_samples", "SSL curation: what shaped this image?",
+                               "Training samples with the largest influence (proponents, opponents) on the selected samples")
 
     def resolve_input(self, ctx):
         inputs = types.Object()
@@ -94,7 +80,7 @@ class FindInfluentialTrainingSamples(CurationOperator):
             prop.error_message = "Select one or more samples in the grid first"
             return types.Property(inputs)
         inputs.view("info", types.Notice(label=f"Explaining {len(ctx.selected)} selected sample(s)"))
-        if _run_choice(ctx, inputs, "influence_run", "ssl_influence", "Influence run",
+        if run_choice(ctx, inputs, "influence_run", "ssl_influence", "Influence run",
                        "No influence run yet: run 'label-free influence' first") is None:
             return types.Property(inputs)
         positive_int(ctx, inputs, "k", 20, "How many proponents / opponents")
