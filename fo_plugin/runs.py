@@ -130,7 +130,7 @@ def list_runs(dataset: fo.Dataset, method: str | None = None) -> list[str]:
 
 
 def delete_run(dataset: fo.Dataset, key: str, delete_fields: bool = True) -> None:
-    """Delete run ``key``: its fields (if asked), its saved views, its artifacts and the record."""
+    """Delete run ``key``: its fields (if asked), tags, saved views, artifacts and the record."""
     cfg = get_config(dataset, key)
     if cfg is None:
         raise ValueError(f"no run {key!r} on dataset {dataset.name!r}")
@@ -139,6 +139,8 @@ def delete_run(dataset: fo.Dataset, key: str, delete_fields: bool = True) -> Non
         for f in cfg.get("fields", []):
             if f in schema:
                 dataset.delete_sample_field(f)
+    if cfg.get("tags"):
+        dataset.untag_samples(cfg["tags"])
     for view_name in cfg.get("saved_views", []):
         if dataset.has_saved_view(view_name):
             dataset.delete_saved_view(view_name)

@@ -144,3 +144,19 @@ def test_export_refuses_to_overwrite(curation_dataset):
         fo_plugin.export_curated(curation_dataset, name=curation_dataset.name)
     with pytest.raises(ValueError, match="name, an export directory"):
         fo_plugin.export_curated(curation_dataset)
+
+
+def test_influence_gradients_can_confirm_duplicates(curation_dataset):
+    ds = curation_dataset
+    fo_plugin.compute_ssl_influence(ds, "infl_c", curvature="identity", num_augs=2)
+    plain = _pairs_found(ds, "dups") if "dups" in ds.list_runs() else None
+    fo_plugin.find_near_duplicates(ds, "dups_inf", influence_run="infl_c", influence_threshold=0.9)
+    confirmed = _pairs_found(ds, "dups_inf")
+    planted = ds.match(F("planted") == "duplicate")
+    exact = {tuple(sorted(p)) for p in zip(*planted.match(F("dup_kind") == "exact").values(["id", "dup_source"]))}
+    assert exact <= confirmed  # exact copies have identical gradients
+    if plain is not None:
+        assert confirmed <= plain  # an extra confirmation can only remove pairs
+    fo_plugin.delete_run(ds, "dups_inf")
+    fo_plugin.delete_run(ds, "infl_c")
+    assert not any(t.startswith("dups_inf:") for t in ds.count_sample_tags())  # its tags went with it
