@@ -14,6 +14,7 @@ Outliers: AUROC per kind of planted outlier, ours (multi-scale kNN) vs Brain's c
 from __future__ import annotations
 
 import argparse
+import json
 import tempfile
 import time
 
@@ -24,7 +25,7 @@ import numpy as np
 import torch
 
 import fo_plugin
-from fo_plugin.core.duplicates import find_duplicates, pixel_signature
+from fo_plugin.core.duplicates import find_duplicates, pixel_signatures
 from fo_plugin.core.images import iter_decoded
 from fo_plugin.core.outliers import auroc, outlier_scores
 from fo_plugin.data import cifar10_files
@@ -41,6 +42,9 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--per-class", type=int, default=100)
     ap.add_argument("--epochs", type=int, default=15)
+    ap.add_argument("--settings", type=json.loads,
+                    default=[[0.9, None], [0.85, None], [0.8, None], [0.8, 0.5], [0.8, 0.4], [0.7, 0.5], [None, None]],
+                    help="JSON list of [structure threshold, detail threshold] (null: no such check)")
     args = ap.parse_args()
     tmp = tempfile.mkdtemp()
     paths = [p for p, _, _ in cifar10_files("train", args.per_class)]
@@ -64,15 +68,16 @@ def main():
     rows = []
     t = time.perf_counter()
     thumbs = np.concatenate([b[1] for b in iter_decoded(ds.values("filepath"), 32)])
-    sig = pixel_signature(thumbs)
+    structure, detail = pixel_signatures(thumbs)
     t_sig = time.perf_counter() - t
-    for pix in (0.95, 0.9, 0.85, 0.8, 0.7, None):
+    for pix, det in args.settings:
+        checks = [(sg, th) for sg, th in ((structure, pix), (detail, det)) if th is not None]
         t = time.perf_counter()
-        out = find_duplicates(torch.as_tensor(emb), sig, k=10, threshold=0.8, pixel_threshold=pix)
-        dt = time.perf_counter() - t + (t_sig if pix is not None else 0)
-        found = {tuple(sorted((sids[int(i)], sids[int(j)]))) for i, j, *_ in out["pairs"]}
+        out = find_duplicates(torch.as_tensor(emb), checks, k=10, threshold=0.8)
+        dt = time.perf_counter() - t + (t_sig if checks else 0)
+        found = {tuple(sorted((sids[int(r[0])], sids[int(r[1])]))) for r in out["pairs"]}
         p, r = pr(found, truth, also)
-        rows.append({"tool": "ours: SSL kNN + pixel check", "setting": f"pixel >= {pix}" if pix else "no pixel check",
+        rows.append({"tool": "ours: SSL kNN + pixel checks", "setting": f"structure >= {pix}, detail >= {det}",
                      "pairs": len(found), "precision": p, "recall": r, "seconds": dt})
     for thr in (0.02, 0.05, 0.1, 0.2):
         t = time.perf_counter()

@@ -72,29 +72,46 @@ def main(argv=None) -> None:
           f"({time.perf_counter() - t:.1f} s)")
     print(f"  fields: {', '.join(inf['fields'])}")
 
-    _report(ds)
+    t = time.perf_counter()
+    dups = run_operator("find_near_duplicates", ds.name, {"keep": "clcore"})
+    outl = run_operator("find_outliers", ds.name, {"fraction": 0.02})
+    audit = run_operator("audit_subgroups", ds.name, {"group_field": "ground_truth", "top_fraction": 0.05})
+    print(f"find_near_duplicates: {dups['num_groups']} groups, {dups['num_to_drop']} duplicates flagged to drop; "
+          f"find_outliers: {outl['num_flagged']} flagged; audit_subgroups: {len(audit['rows'])} rows "
+          f"({time.perf_counter() - t:.1f} s)")
+
+    _report(ds, audit["rows"])
+    curated = f"{ds.name}-curated"
+    if not _dataset_exists(curated):
+        exp = run_operator("export_curated", ds.name, {"duplicates_run": "dups", "outliers_run": "outliers",
+                                                       "clcore_run": "clcore", "name": curated, "confirm": True})
+        print(f"export_curated: new dataset {curated!r} with {exp['num_kept']} of {exp['num_source']} images; "
+              f"removed ones listed in {exp['manifest']}")
     print(f"runs on the dataset: {fo_plugin.list_runs(ds)}")
     print(f"total {time.perf_counter() - t0:.1f} s")
     print(f"\nOpen the App on the result:\n  make app            "
           f"(= fiftyone app launch {ds.name} --remote --address 127.0.0.1 --port 5151)")
 
 
-def _report(ds) -> None:
+def _dataset_exists(name: str) -> bool:
+    import fiftyone as fo
+
+    return fo.dataset_exists(name)
+
+
+def _report(ds, audit_rows: list[dict]) -> None:
     """What a user would look at first: do the label-free latent classes match CIFAR-10's classes, and which
-    classes dominate the kept subset and the most influential images."""
+    classes are most over-represented among the influential, hard, outlier, duplicate and pruned images."""
     import numpy as np
 
     truth = np.array(ds.values("ground_truth.label"))
     latent = np.array(ds.values("clcore_class"))
     purity = sum(np.unique(truth[latent == c], return_counts=True)[1].max() for c in np.unique(latent)) / len(truth)
     print(f"k-means latent classes vs CIFAR-10 labels: purity {purity:.2f} (chance {1 / len(set(truth)):.2f})")
-    top = np.array(ds.values("influence_rank")) < len(ds) // 20
-    keep = np.array(ds.values("clcore_selected"))
-    for name, mask in (("top 5% influence", top), ("CL-Core dropped", ~keep)):
-        labels, counts = np.unique(truth[mask], return_counts=True)
-        share = {lab: c / mask.sum() for lab, c in zip(labels, counts)}
-        most = sorted(share.items(), key=lambda kv: -kv[1])[:3]
-        print(f"  {name}: " + ", ".join(f"{lab} {100 * v:.0f}%" for lab, v in most) + " (10% each if unbiased)")
+    print("most over-represented class per selection (subgroup audit):")
+    for sel in dict.fromkeys(r["selection"] for r in audit_rows):
+        top = max((r for r in audit_rows if r["selection"] == sel), key=lambda r: r["ratio"] or 0)
+        print(f"  {sel}: {top['group']} x{top['ratio']:.2f} (p={top['p_value']:.2g})")
 
 
 if __name__ == "__main__":

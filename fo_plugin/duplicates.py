@@ -14,7 +14,7 @@ import torch
 from fiftyone import ViewField as F
 
 from . import runs
-from .core.duplicates import find_duplicates, pair_similarity, pixel_signature, representatives
+from .core.duplicates import find_duplicates, pixel_signatures, representatives
 from .core.images import iter_decoded
 from .features import canonical, field_vectors
 
@@ -59,7 +59,8 @@ def find_near_duplicates(
     embeddings_field: str = "ssl_embedding",
     k: int = 10,
     threshold: float = 0.8,
-    pixel_threshold: float | None = 0.85,
+    pixel_threshold: float | None = 0.8,
+    detail_threshold: float | None = 0.5,
     influence_run: str | None = None,
     influence_threshold: float = 0.9,
     mutual: bool = False,
@@ -71,9 +72,10 @@ def find_near_duplicates(
     """Group near-duplicates and flag one representative per group.
 
     A pair is reported when the two samples are among each other's ``k`` nearest SSL neighbours with cosine
-    >= ``threshold`` and every confirming signal agrees: the pixel correlation of 16x16 mean-removed grayscale
-    thumbnails >= ``pixel_threshold`` (None: no pixel check), and, with ``influence_run``, the cosine of their
-    influence gradients >= ``influence_threshold``.
+    >= ``threshold`` and every confirming signal agrees: the correlation of their 32x32 grayscale thumbnails
+    >= ``pixel_threshold`` (the layout) and of the thumbnails' fine detail >= ``detail_threshold`` (None skips a
+    check; see :mod:`fo_plugin.core.duplicates`), and, with ``influence_run``, the cosine of their influence
+    gradients >= ``influence_threshold``.
 
     Args:
         samples: a dataset or view.
@@ -93,8 +95,9 @@ def find_near_duplicates(
     runs.validate_name(run_key, "run key")
     if keep not in POLICIES:
         raise ValueError(f"keep must be one of {POLICIES}, got {keep!r}")
-    if not 0 < threshold <= 1 or (pixel_threshold is not None and not -1 <= pixel_threshold <= 1):
-        raise ValueError("thresholds are cosine similarities: threshold in (0, 1], pixel_threshold in [-1, 1]")
+    if not 0 < threshold <= 1 or any(t is not None and not -1 <= t <= 1
+                                     for t in (pixel_threshold, detail_threshold, influence_threshold)):
+        raise ValueError("thresholds are cosine similarities: threshold in (0, 1], the others in [-1, 1]")
     if k < 1:
         raise ValueError(f"k must be >= 1, got {k}")
     if len(samples) == 0:
@@ -104,20 +107,16 @@ def find_near_duplicates(
     z, ok = field_vectors(samples, embeddings_field, ids)
     valid = np.flatnonzero(ok)
     vids, vpaths = [ids[i] for i in valid], [paths[i] for i in valid]
-    sig = None
-    if pixel_threshold is not None:
+    checks = []
+    if pixel_threshold is not None or detail_threshold is not None:
         thumbs = np.concatenate([b[1] for b in iter_decoded(vpaths, 32)]) if vpaths else np.zeros((0, 32, 32, 3))
-        sig = pixel_signature(thumbs)
+        structure, detail = pixel_signatures(thumbs)
+        checks += [(s, t) for s, t in ((structure, pixel_threshold), (detail, detail_threshold)) if t is not None]
+    if influence_run:
+        checks.append((_influence_signature(dataset, influence_run, vids), influence_threshold))
     progress(0.3, "signatures")
-    found = find_duplicates(z[0, torch.as_tensor(valid)], sig, k, threshold, pixel_threshold, mutual)
+    found = find_duplicates(z[0, torch.as_tensor(valid)], checks, k, threshold, mutual)
     pairs = found["pairs"]
-    if influence_run and len(pairs):
-        gsig = _influence_signature(dataset, influence_run, vids)
-        g = pair_similarity(gsig, pairs)
-        pairs = pairs[g >= influence_threshold]
-        from .core.duplicates import groups
-
-        found["group"] = groups(len(vids), pairs)
     group = found["group"]
     keep_mask = representatives(group, _priority(samples, vids, vpaths, keep, clcore_run, influence_run or ""))
     progress(0.7, f"{int((group >= 0).sum())} samples in {len(np.unique(group[group >= 0]))} groups")
@@ -125,7 +124,7 @@ def find_near_duplicates(
     names = duplicate_fields(run_key)
     dup_tag, rep_tag, dup_view, rep_view = _names(run_key)
     config = {"embeddings_field": embeddings_field, "k": k, "threshold": threshold,
-              "pixel_threshold": pixel_threshold, "influence_run": influence_run,
+              "pixel_threshold": pixel_threshold, "detail_threshold": detail_threshold, "influence_run": influence_run,
               "influence_threshold": influence_threshold, "mutual": mutual, "keep": keep, "clcore_run": clcore_run,
               "tags": [dup_tag, rep_tag], "saved_views": [dup_view, rep_view]}
     runs.start_run(dataset, run_key, METHOD, list(names.values()), config, overwrite=overwrite)
@@ -143,8 +142,8 @@ def find_near_duplicates(
                       description=f"near-duplicate groups of run {run_key!r}")
     dataset.save_view(rep_view, has_group.match(F(names["keep"]) == True).sort_by(names["group"]), overwrite=True,
                       description=f"the member kept in each near-duplicate group of run {run_key!r}")
-    pair_list = [{"a": vids[int(i)], "b": vids[int(j)], "cosine": float(c), "pixel": None if np.isnan(p) else float(p)}
-                 for i, j, c, p in pairs]
+    pair_list = [{"a": vids[int(r[0])], "b": vids[int(r[1])], "cosine": float(r[2]),
+                  "checks": [float(v) for v in r[3:]]} for r in pairs]
     summary = {"run_key": run_key, "num_samples": len(ids), "num_scored": len(vids),
                "num_skipped": len(ids) - len(vids), "num_pairs": len(pair_list),
                "num_groups": int(len(np.unique(group[group >= 0]))), "num_in_groups": int((group >= 0).sum()),

@@ -45,7 +45,9 @@ class FindNearDuplicates(CurationOperator):
         bounded_float(ctx, inputs, "threshold", 0.8, "SSL cosine threshold", 0.0, 1.0)
         inputs.bool("pixel_check", default=True, label="Confirm with pixel similarity")
         if ctx.params.get("pixel_check", True):
-            bounded_float(ctx, inputs, "pixel_threshold", 0.85, "Pixel correlation threshold", -1.0, 1.0)
+            bounded_float(ctx, inputs, "pixel_threshold", 0.8, "Thumbnail (layout) correlation threshold", -1.0, 1.0)
+            bounded_float(ctx, inputs, "detail_threshold", 0.5, "Fine-detail correlation threshold", -1.0, 1.0,
+                          "Separates true copies from photos that only share a composition")
         infl = runs.list_runs(ctx.dataset, "ssl_influence")
         if infl:
             dropdown(inputs, "influence_run", infl, "Also confirm with influence gradients (optional)")
@@ -61,7 +63,8 @@ class FindNearDuplicates(CurationOperator):
         out = find_near_duplicates(
             ctx.target_view(), p.get("run_key") or "dups", embeddings_field=p.get("embeddings_field", "ssl_embedding"),
             threshold=float(p.get("threshold", 0.8)),
-            pixel_threshold=float(p.get("pixel_threshold", 0.85)) if p.get("pixel_check", True) else None,
+            pixel_threshold=float(p.get("pixel_threshold", 0.8)) if p.get("pixel_check", True) else None,
+            detail_threshold=float(p.get("detail_threshold", 0.5)) if p.get("pixel_check", True) else None,
             influence_run=p.get("influence_run") or None, keep=p.get("keep", "first"), progress=self.progress(ctx))
         report_errors(ctx, out)
         return out

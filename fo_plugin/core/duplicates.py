@@ -1,8 +1,11 @@
-"""Near-duplicate groups: SSL-embedding candidates (k nearest neighbours), confirmed by a cheap pixel similarity,
+"""Near-duplicate groups: SSL-embedding candidates (k nearest neighbours), confirmed by cheap pixel similarities,
 grouped by union-find, one representative kept per group.
 
 A briefly trained proxy is a weak near-duplicate detector on its own, and raw pixels miss crops and colour shifts;
-requiring both to agree keeps the precision of pixels and the recall of the embedding's top-k candidates.
+requiring both to agree keeps the precision of pixels and the recall of the embedding's top-k candidates. The pixel
+check has two parts: the *structure* (a mean-removed grayscale thumbnail) says the layout matches, the *detail*
+(the thumbnail minus its 5x5 blur) says the fine texture matches too; photos that merely share a composition (a
+plane against the sky, a ship on the sea) agree on structure but not on detail.
 """
 
 from __future__ import annotations
@@ -14,13 +17,20 @@ import torch.nn.functional as F
 from .knn import knn
 
 
-def pixel_signature(images: np.ndarray, size: int = 16) -> torch.Tensor:
-    """Mean-removed, unit-norm grayscale thumbnails (N, size * size): their dot product is a pixel correlation,
-    insensitive to brightness and contrast shifts."""
+def _unit(x: torch.Tensor) -> torch.Tensor:
+    x = x.flatten(1)
+    return F.normalize(x - x.mean(1, keepdim=True), dim=1)
+
+
+def pixel_signatures(images: np.ndarray, size: int = 32) -> tuple[torch.Tensor, torch.Tensor]:
+    """(structure, detail) signatures, each (N, size * size) and unit-norm, so a dot product is a correlation,
+    insensitive to brightness and contrast shifts: the mean-removed grayscale thumbnail, and the thumbnail minus
+    its 5x5 box blur (fine texture)."""
     x = torch.as_tensor(images).permute(0, 3, 1, 2).float() / 255
     g = (x * torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)).sum(1, keepdim=True)
-    g = F.interpolate(g, size=(size, size), mode="area").flatten(1)
-    return F.normalize(g - g.mean(1, keepdim=True), dim=1)
+    g = F.interpolate(g, size=(size, size), mode="area")
+    blur = F.avg_pool2d(F.pad(g, (2, 2, 2, 2), mode="replicate"), 5, 1)
+    return _unit(g), _unit(g - blur)
 
 
 def candidate_pairs(idx: np.ndarray, sim: np.ndarray, threshold: float, mutual: bool = False) -> np.ndarray:
@@ -84,19 +94,25 @@ def representatives(group: np.ndarray, priority: np.ndarray) -> np.ndarray:
     return keep
 
 
-def find_duplicates(emb: torch.Tensor, sig: torch.Tensor | None, k: int = 10, threshold: float = 0.8,
-                    pixel_threshold: float | None = 0.85, mutual: bool = False) -> dict[str, np.ndarray]:
-    """Candidates from the (centred) embedding's kNN graph, confirmed by the signature similarity.
+def find_duplicates(emb: torch.Tensor, checks: list[tuple[torch.Tensor, float]] = (), k: int = 10,
+                    threshold: float = 0.8, mutual: bool = False) -> dict[str, np.ndarray]:
+    """Candidates from the (centred) embedding's kNN graph, kept when every check agrees.
+
+    Args:
+        emb: (N, D) embeddings.
+        checks: ``(signature (N, d) unit-norm, threshold)`` pairs; a candidate pair is confirmed when the dot
+            product of its signatures reaches the threshold for every check (e.g. :func:`pixel_signatures`).
+        k (10), threshold (0.8): candidates are among each other's k nearest neighbours with cosine >= threshold.
 
     Returns:
-        ``pairs`` (M, 4): i, j, embedding cosine, signature cosine (NaN without signatures), confirmed only;
+        ``pairs`` (M, 3 + len(checks)): i, j, embedding cosine, then each check's similarity, confirmed only;
         ``group`` (N,): group ids (-1: no duplicate); ``score`` (N,): each item's best embedding cosine to another.
     """
     emb = emb.float() - emb.float().mean(0, keepdim=True)  # centred: post-ReLU features all point one way
     idx, sim = knn(emb, k)
-    cand = candidate_pairs(idx, sim, threshold, mutual)
-    pix = pair_similarity(sig, cand) if sig is not None else np.full(len(cand), np.nan)
-    ok = np.ones(len(cand), bool) if (sig is None or pixel_threshold is None) else pix >= pixel_threshold
-    pairs = np.column_stack([cand, pix])[ok] if len(cand) else np.zeros((0, 4))
-    return {"pairs": pairs, "group": groups(len(emb), pairs), "score": sim[:, 0] if sim.shape[1] else
-            np.zeros(len(emb)), "knn_idx": idx, "knn_sim": sim}
+    pairs = candidate_pairs(idx, sim, threshold, mutual)
+    for sig, t in checks:
+        s = pair_similarity(sig, pairs)
+        pairs = np.column_stack([pairs, s])[s >= t]
+    return {"pairs": pairs, "group": groups(len(emb), pairs),
+            "score": sim[:, 0] if sim.shape[1] else np.zeros(len(emb))}
