@@ -17,11 +17,12 @@ from . import runs
 from .core import rng
 from .core.clcore import MODES, select
 from .core.device import resolve_device
+from .core.embed import embed_array
 from .core.kmeans import estimate_k, kmeans
 from .features import canonical, categorical_values, field_vectors, load_run_model, project_views
 
 METHOD = runs.METHOD_PREFIX + "clcore"
-LATENT = ("kmeans", "label_field")
+LATENT = ("kmeans", "label_field", "clip_zero_shot")
 
 
 def _noop(_f: float, _label: str) -> None:
@@ -65,6 +66,10 @@ def compute_clcore(
     latent: str = "kmeans",
     num_classes: int | None = None,
     label_field: str | None = None,
+    class_names: list[str] | None = None,
+    clip_model: str = "ViT-B-32",
+    clip_pretrained: str | None = "openai",
+    clip_checkpoint: str | None = None,
     num_views: int = 1,
     budget: float = 0.8,
     mode: str = "released",
@@ -84,9 +89,12 @@ def compute_clcore(
         embeddings_run ("ssl_embedding"): an ssl_embeddings run whose model gives f (the proxy's projection head;
             the features of other backbones).
         embeddings_field (None): use a stored vector field as f instead (one view only).
-        latent ("kmeans"): ``"kmeans"`` on f, or ``"label_field"`` (an existing classification / string field).
+        latent ("kmeans"): ``"kmeans"`` on f, ``"label_field"`` (an existing classification / string field), or
+            ``"clip_zero_shot"`` (CLIP zero-shot over ``class_names``, the authors' ``clip_0shot_approx``).
         num_classes (None): k for k-means; None estimates it by silhouette.
         label_field (None): the field for ``latent="label_field"``.
+        class_names (None), clip_model ("ViT-B-32"), clip_pretrained ("openai"), clip_checkpoint (None): the classes
+            and the open_clip model for ``latent="clip_zero_shot"`` (offline: a local checkpoint file).
         num_views (1): augmented views per image for s_ij; 1 = unaugmented (the authors' default).
         budget (0.8): fraction (<= 1) or count of samples to keep, stratified by latent class.
         mode ("released"): ``"released"`` (authors' code: sort by score) or ``"greedy"`` (paper objective).
@@ -106,6 +114,8 @@ def compute_clcore(
         raise ValueError(f"latent must be one of {LATENT}, got {latent!r}")
     if latent == "label_field" and not label_field:
         raise ValueError("latent='label_field' needs label_field=<field name>")
+    if latent == "clip_zero_shot" and (not class_names or len(set(class_names)) < 2):
+        raise ValueError("latent='clip_zero_shot' needs at least two class_names")
     if not isinstance(num_views, int) or num_views < 1:
         raise ValueError(f"num_views must be an integer >= 1, got {num_views!r}")
     if embeddings_field and num_views > 1:
@@ -130,10 +140,15 @@ def compute_clcore(
         source = {"embeddings_run": embeddings_run, "backbone": net.spec.to_dict(), "augment": aug.to_dict()}
     t_proj = time.perf_counter() - t0
 
-    class_names = None
+    names_of_classes = None
     if latent == "label_field":
-        labels, class_names = latent_labels_from_field(samples, label_field, ids)
+        labels, names_of_classes = latent_labels_from_field(samples, label_field, ids)
         ok &= labels >= 0
+    elif latent == "clip_zero_shot":
+        labels, clip_ok = _clip_zero_shot(paths, class_names, clip_model, clip_pretrained, clip_checkpoint, dev,
+                                          batch_size)
+        names_of_classes = list(class_names)
+        ok &= clip_ok
     valid = np.flatnonzero(ok)
     if len(valid) == 0:
         raise ValueError("no sample in the target view has a usable embedding" +
@@ -148,7 +163,10 @@ def compute_clcore(
     n_keep = budget_count(budget, len(valid))
 
     names = fields_for(run_key, mode)
+    clip = ({"model": clip_model, "pretrained": clip_pretrained, "checkpoint": clip_checkpoint,
+             "class_names": list(class_names)} if latent == "clip_zero_shot" else None)
     config = {"embeddings": source, "latent": latent, "num_classes": num_classes, "label_field": label_field,
+              "clip": clip,
               "num_views": num_views, "budget": budget, "mode": mode, "seed": seed, "tile": tile,
               "device": str(dev), "saved_views": []}
     runs.start_run(dataset, run_key, METHOD, list(names.values()), config, overwrite=overwrite)
@@ -162,7 +180,7 @@ def compute_clcore(
 
     vid = [ids[i] for i in valid]
     cls = labels[valid]
-    cls_values = [class_names[c] for c in cls] if class_names is not None else [int(c) for c in cls]
+    cls_values = [names_of_classes[c] for c in cls] if names_of_classes is not None else [int(c) for c in cls]
     columns = {"score": out["score"].tolist(), "rank": out["rank"].tolist(),
                "rank_overall": out["rank_overall"].tolist(), "class": cls_values,
                "selected": out["selected"].tolist()}
@@ -177,8 +195,9 @@ def compute_clcore(
     cfg.saved_views = views
     dataset.update_run_config(run_key, cfg)
 
-    sizes = {str(c): int((cls == i).sum()) for i, c in enumerate(class_names or range(int(cls.max()) + 1))}
-    kept = {str(c): int(out["selected"][cls == i].sum()) for i, c in enumerate(class_names or range(int(cls.max()) + 1))}
+    classes = names_of_classes or range(int(cls.max()) + 1)
+    sizes = {str(c): int((cls == i).sum()) for i, c in enumerate(classes)}
+    kept = {str(c): int(out["selected"][cls == i].sum()) for i, c in enumerate(classes)}
     summary = {"run_key": run_key, "fields": list(names.values()), "num_samples": len(ids),
                "num_scored": len(valid), "num_skipped": int(len(ids) - len(valid)), "num_selected": int(n_keep),
                "num_classes": len(sizes), "class_sizes": sizes, "class_selected": kept, "saved_views": views,
@@ -186,6 +205,24 @@ def compute_clcore(
     runs.finish_run(dataset, run_key, **summary)
     progress(1.0, f"kept {n_keep} of {len(valid)}")
     return summary
+
+
+def _clip_zero_shot(paths, class_names, model, pretrained, checkpoint, dev, batch_size):
+    """CLIP zero-shot class of every image (-1 where it cannot be decoded) and the success mask."""
+    from .core.backbones import BackboneSpec, load_backbone
+    from .core.images import iter_decoded
+    from .core.zeroshot import class_text_embeddings, zero_shot_labels
+
+    clip = load_backbone(BackboneSpec("open_clip", model, checkpoint, pretrained if not checkpoint else None))
+    clip = clip.to(dev).eval()
+    text = class_text_embeddings(clip, list(class_names), dev)
+    labels, oks = [], []
+    for _, images, ok, _ in iter_decoded(paths, clip.image_size, batch_size=max(batch_size, 64)):
+        feats = torch.as_tensor(embed_array(clip, images, clip.image_size, dev, batch_size)).to(dev)
+        lab = zero_shot_labels(feats, text).cpu().numpy()
+        labels.append(np.where(ok, lab, -1))
+        oks.append(ok)
+    return np.concatenate(labels), np.concatenate(oks)
 
 
 def _save_views(dataset: fo.Dataset, run_key: str, names: dict, frac: float) -> list[str]:

@@ -34,12 +34,23 @@ class ComputeCLCore(CurationOperator):
         latent = types.RadioGroup()
         latent.add_choice("kmeans", label="k-means on the proxy's projections (label-free)")
         latent.add_choice("label_field", label="An existing label field")
+        latent.add_choice("clip_zero_shot", label="CLIP zero-shot over class names (needs CLIP weights)")
         inputs.enum("latent", latent.values(), default="kmeans", view=latent, label="Latent classes")
         if ctx.params.get("latent", "kmeans") == "kmeans":
             positive_int(ctx, inputs, "num_classes", 0, "Number of latent classes",
                          "0 = estimate it (silhouette)", minimum=0)
-        else:
+        elif ctx.params.get("latent") == "label_field":
             dropdown(inputs, "label_field", categorical_fields(ctx.dataset), "Label field", required=True)
+        else:
+            prop = inputs.str("class_names", required=True, label="Class names (comma-separated)")
+            names = [c.strip() for c in (ctx.params.get("class_names") or "").split(",") if c.strip()]
+            if ctx.params.get("class_names") is not None and len(set(names)) < 2:
+                prop.invalid = True
+                prop.error_message = "Give at least two class names"
+            inputs.str("clip_model", default="ViT-B-32", label="open_clip architecture")
+            inputs.str("clip_checkpoint", label="Local CLIP checkpoint file (offline)", required=False)
+            inputs.str("clip_pretrained", default="openai", label="...or a pretrained tag (cached weights)",
+                       required=False)
 
         positive_int(ctx, inputs, "num_views", 1, "Augmented views per image", "1 = unaugmented (authors' default)")
         prop = inputs.float("budget", default=0.8, label="Budget",
@@ -71,6 +82,10 @@ class ComputeCLCore(CurationOperator):
             latent=p.get("latent", "kmeans"),
             num_classes=p.get("num_classes") or None,
             label_field=p.get("label_field"),
+            class_names=[c.strip() for c in (p.get("class_names") or "").split(",") if c.strip()] or None,
+            clip_model=p.get("clip_model") or "ViT-B-32",
+            clip_checkpoint=p.get("clip_checkpoint") or None,
+            clip_pretrained=p.get("clip_pretrained") or None,
             num_views=int(p.get("num_views", 1)),
             budget=int(budget) if budget > 1 else float(budget),
             mode=p.get("mode", "released"),

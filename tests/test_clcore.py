@@ -145,3 +145,30 @@ def test_images_that_failed_to_decode_are_skipped_and_counted(cifar_dataset, pro
     assert out["num_skipped"] == 1 and out["num_scored"] == 30
     assert ds.count("clcore_score") == 30
     ds.delete()
+
+
+def test_clip_zero_shot_latent_classes_from_a_local_open_clip_checkpoint(cifar_dataset, tmp_path):
+    import open_clip
+    import torch
+
+    model, _, _ = open_clip.create_model_and_transforms("ViT-S-16", pretrained=None)  # random weights, offline
+    ckpt = str(tmp_path / "vit-s-16.pt")
+    torch.save(model.state_dict(), ckpt)
+    ds = cifar_dataset.limit(12).select_fields().clone()
+    emb = fo_plugin.compute_ssl_embeddings(ds, "clip_emb", "open_clip", model_name="ViT-S-16", checkpoint=ckpt,
+                                           batch_size=12)
+    assert emb["num_embedded"] == 12 and emb["embedding_dim"] == 384
+    names = ["cat", "ship", "truck"]
+    out = fo_plugin.compute_clcore(ds, embeddings_run="clip_emb", latent="clip_zero_shot", class_names=names,
+                                   clip_model="ViT-S-16", clip_checkpoint=ckpt, budget=0.5)
+    assert set(ds.values("clcore_class")) <= set(names) and out["num_scored"] == 12
+    assert sum(out["class_sizes"].values()) == 12
+    cfg = fo_plugin.get_run_config(ds, "clcore")
+    assert cfg["clip"]["class_names"] == names and cfg["clip"]["checkpoint"] == ckpt
+    first = ds.values("clcore_class")
+    fo_plugin.compute_clcore(ds, embeddings_run="clip_emb", latent="clip_zero_shot", class_names=names,
+                             clip_model="ViT-S-16", clip_checkpoint=ckpt, budget=0.5)
+    assert ds.values("clcore_class") == first  # deterministic
+    with pytest.raises(ValueError, match="two class_names"):
+        fo_plugin.compute_clcore(ds, embeddings_run="clip_emb", latent="clip_zero_shot", class_names=["cat"])
+    ds.delete()
