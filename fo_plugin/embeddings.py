@@ -16,6 +16,7 @@ from dataclasses import asdict
 
 import fiftyone as fo
 import numpy as np
+from fiftyone import ViewField as F
 
 from . import runs
 from .core import rng
@@ -52,6 +53,7 @@ def compute_ssl_embeddings(
     device: str = "auto",
     run_key: str | None = None,
     retrain: bool = False,
+    resume: bool = False,
     overwrite: bool = False,
     progress: Progress | None = None,
 ) -> dict:
@@ -71,6 +73,8 @@ def compute_ssl_embeddings(
         device ("auto"): ``"auto"``, ``"cpu"`` or ``"cuda"``.
         run_key (None): defaults to ``embeddings_field``.
         retrain (False): train a new proxy even if the run already holds one with the same settings.
+        resume (False): after an interrupted run with the same model, embed only the samples it did not reach
+            (no embedding and no error yet).
         overwrite (False): allow replacing a field this run did not write.
         progress (None): ``callback(fraction, label)``.
 
@@ -105,6 +109,12 @@ def compute_ssl_embeddings(
                  and os.path.isfile(ckpt_path))
         trained = not reuse
     spec = BackboneSpec(backbone, model_name, ckpt_path, pretrained, image_size)
+    num_done = 0
+    if resume and not trained and old is not None and old.get("backbone") == spec.to_dict() \
+            and embeddings_field in dataset.get_field_schema():
+        todo = samples.match((F(embeddings_field) == None) & (F(error_field) == None))  # noqa: E711
+        num_done = len(ids) - len(todo)
+        ids, paths = todo.values(["id", "filepath"])
 
     config = {"embeddings_field": embeddings_field, "error_field": error_field, "backbone": spec.to_dict(),
               "train": _train_dict(train_cfg, proxy_width) if backbone == "proxy" else None,
@@ -137,11 +147,12 @@ def compute_ssl_embeddings(
         num_failed += int((~ok).sum())
         dim = dim or (emb.shape[1] if emb is not None else None)
         done = start + len(images)
-        progress(base + (1 - base) * done / len(paths), f"embedded {done}/{len(paths)} images")
+        progress(base + (1 - base) * done / max(len(paths), 1), f"embedded {done}/{len(paths)} images")
     timings["embed_s"] = time.perf_counter() - t0
 
     summary = {"run_key": run_key, "embeddings_field": embeddings_field, "error_field": error_field,
-               "num_samples": len(ids), "num_embedded": num_ok, "num_failed": num_failed, "embedding_dim": dim,
+               "num_samples": len(ids) + num_done, "num_embedded": num_ok, "num_failed": num_failed,
+               "num_resumed_over": num_done, "embedding_dim": dim,
                "trained_proxy": trained, "checkpoint": ckpt_path, "device": str(dev), "timings": timings,
                "train_history": history}
     runs.finish_run(dataset, run_key, **summary)

@@ -47,6 +47,8 @@ class ComputeSSLEmbeddings(CurationOperator):
             if backbone == "open_clip":
                 inputs.str("pretrained", required=False, label="Pretrained tag (needs cached weights offline)")
         add_output_field(ctx, inputs, "embeddings_field", "ssl_embedding", "Embeddings field")
+        inputs.bool("resume", default=False, label="Resume",
+                    description="Only embed the samples an interrupted run with the same model did not reach")
         positive_int(ctx, inputs, "batch_size", 256, "Batch size", minimum=2)
         add_device_and_delegate(inputs, ctx)
         return types.Property(inputs, view=types.View(label="Compute SSL embeddings"))
@@ -64,6 +66,7 @@ class ComputeSSLEmbeddings(CurationOperator):
             pretrained=p.get("pretrained") or None,
             epochs=int(p.get("epochs", 10)),
             batch_size=int(p.get("batch_size", 256)),
+            resume=bool(p.get("resume", False)),
             device=p.get("device", "auto"),
             progress=self.progress(ctx),
         )
