@@ -82,16 +82,35 @@ def cifar_dataset(cifar_files, tmp_images):
 
 
 @pytest.fixture(scope="session")
-def embedded(cifar_dataset):
-    """The cifar dataset with proxy embeddings (6 epochs), computed once via the operator."""
+def proxy_ckpt(cifar_files, tmp_images):
+    """A SimCLR proxy trained 6 epochs on the 400 CIFAR-10 images with keys fixed by file order, so every clone
+    and machine trains the same model (operator-trained proxies key augmentations by sample id, which differ)."""
+    import torch
+
+    from fo_plugin.core.images import iter_decoded
+    from fo_plugin.core.models import save_proxy
+    from fo_plugin.core.rng import sample_keys
+    from fo_plugin.core.train import TrainConfig, train_proxy
+
+    images = next(iter_decoded([p for p, _, _ in cifar_files], 32, batch_size=len(cifar_files)))[1]
+    model, _ = train_proxy(images, sample_keys(range(len(images))), TrainConfig(epochs=6, batch_size=128),
+                           torch.device("cpu"))
+    path = os.path.join(tmp_images, "proxy.pt")
+    save_proxy(model, path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def embedded(cifar_dataset, proxy_ckpt):
+    """The cifar dataset with embeddings of the session's proxy, computed once via the operator."""
     res = run_op("compute_ssl_embeddings", cifar_dataset,
-                 {"view_target": "DATASET", "epochs": 6, "batch_size": 128})
+                 {"view_target": "DATASET", "checkpoint": proxy_ckpt, "batch_size": 128})
     assert res.error is None, res.error
     return cifar_dataset, res.result
 
 
 @pytest.fixture(scope="session")
-def curation_dataset(cifar_files, tmp_images, embedded):
+def curation_dataset(cifar_files, tmp_images, proxy_ckpt):
     """300 real CIFAR-10 images + 20 planted near-duplicates (4 of each kind) + 20 planted MNIST outliers
     (10 scattered, 10 grouped), embedded with the session's proxy."""
     import fiftyone as fo
@@ -109,14 +128,13 @@ def curation_dataset(cifar_files, tmp_images, embedded):
                               dup_source=ids[r["source"]]) for r in dups], progress=False)
     ood = plant_outliers(os.path.join(tmp_images, "planted-ood"), scattered=10, grouped=10)
     ds.add_samples([fo.Sample(filepath=r["filepath"], planted=r["kind"]) for r in ood], progress=False)
-    ckpt = fo_plugin.get_run_config(embedded[0], "ssl_embedding")["backbone"]["checkpoint"]
-    fo_plugin.compute_ssl_embeddings(ds, checkpoint=ckpt)
+    fo_plugin.compute_ssl_embeddings(ds, checkpoint=proxy_ckpt)
     yield ds
     ds.delete()
 
 
 @pytest.fixture(scope="session")
-def utk_dataset(embedded):
+def utk_dataset(proxy_ckpt):
     """300 UTKFace faces (balanced subset) with age / gender / race, embedded with the session's proxy and scored
     by identity-curvature influence, so the audit has real selections."""
     import fo_plugin
@@ -124,8 +142,7 @@ def utk_dataset(embedded):
     ds = fo_plugin.load_utkface("utk-test", balanced=True, limit=None, overwrite=True)
     keep = ds.take(300, seed=0).values("id")
     ds.delete_samples(ds.exclude(keep))
-    ckpt = fo_plugin.get_run_config(embedded[0], "ssl_embedding")["backbone"]["checkpoint"]
-    fo_plugin.compute_ssl_embeddings(ds, checkpoint=ckpt)
+    fo_plugin.compute_ssl_embeddings(ds, checkpoint=proxy_ckpt)
     fo_plugin.compute_ssl_influence(ds, curvature="identity", num_augs=2, project_dim=0)
     yield ds
     ds.delete()

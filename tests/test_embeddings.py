@@ -28,8 +28,18 @@ def test_plugin_and_operators_are_discoverable():
     assert f"{PLUGIN}/compute_ssl_embeddings" in out.stdout
 
 
-def test_proxy_embeddings_are_stored_finite_and_recorded(embedded):
-    ds, result = embedded
+@pytest.fixture(scope="module")
+def trained(cifar_dataset):
+    """A proxy trained by the operator itself (3 epochs) on a copy of the cifar dataset."""
+    ds = cifar_dataset.select_fields().clone()
+    res = run_op("compute_ssl_embeddings", ds, {"view_target": "DATASET", "epochs": 3, "batch_size": 128})
+    assert res.error is None, res.error
+    yield ds, res.result
+    ds.delete()
+
+
+def test_proxy_training_embeds_and_records_the_run(trained):
+    ds, result = trained
     assert result["num_embedded"] == len(ds) == 420 and result["num_failed"] == 0 and result["trained_proxy"]
     emb = ds.values("ssl_embedding")
     assert all(e.shape == (256,) and np.isfinite(e).all() for e in emb)
@@ -37,7 +47,7 @@ def test_proxy_embeddings_are_stored_finite_and_recorded(embedded):
     cfg = fo_plugin.get_run_config(ds, "ssl_embedding")
     assert cfg["method"] == "fo_plugin.ssl_embeddings" and cfg["status"] == "complete"
     assert cfg["backbone"]["kind"] == "proxy" and os.path.isfile(cfg["backbone"]["checkpoint"])
-    assert cfg["train"]["epochs"] == 6 and cfg["train"]["augment"]["strength"] == 0.5
+    assert cfg["train"]["epochs"] == 3 and cfg["train"]["augment"]["strength"] == 0.5
     hist = fo_plugin.load_run_results(ds, "ssl_embedding")["train_history"]
     assert hist[-1]["loss"] < hist[0]["loss"]  # the proxy learned something
 
@@ -55,10 +65,10 @@ def test_near_identical_copies_embed_closer_than_unrelated_images(embedded):
     assert hits >= 18, f"only {hits}/20 copies had their original above the 99th percentile of unrelated images"
 
 
-def test_rerun_reuses_the_runs_checkpoint_and_gives_the_same_embeddings(embedded):
-    ds, first = embedded
+def test_rerun_reuses_the_runs_checkpoint_and_gives_the_same_embeddings(trained):
+    ds, first = trained
     before = np.stack(ds.values("ssl_embedding"))
-    res = run_op("compute_ssl_embeddings", ds, {"view_target": "DATASET", "epochs": 6, "batch_size": 128})
+    res = run_op("compute_ssl_embeddings", ds, {"view_target": "DATASET", "epochs": 3, "batch_size": 128})
     assert res.error is None
     assert res.result["trained_proxy"] is False and res.result["checkpoint"] == first["checkpoint"]
     assert np.allclose(np.stack(ds.values("ssl_embedding")), before, atol=1e-5)
@@ -109,9 +119,9 @@ def messy_dataset(cifar_files, tmp_images):
     ds.delete()
 
 
-def test_bad_files_are_recorded_and_do_not_stop_the_run(messy_dataset, embedded):
+def test_bad_files_are_recorded_and_do_not_stop_the_run(messy_dataset, proxy_ckpt):
     ds = messy_dataset
-    ckpt = fo_plugin.get_run_config(embedded[0], "ssl_embedding")["backbone"]["checkpoint"]
+    ckpt = proxy_ckpt
     res = run_op("compute_ssl_embeddings", ds, {"view_target": "DATASET", "checkpoint": ckpt})
     assert res.error is None, res.error
     assert res.result["num_failed"] == 3 and res.result["num_embedded"] == len(ds) - 3
@@ -176,9 +186,9 @@ def test_missing_pretrained_weights_fail_with_a_clear_message():
         load_backbone(BackboneSpec("torchvision", "resnet18", checkpoint="/nonexistent.pth"))
 
 
-def test_delete_run_removes_fields_artifacts_and_record(cifar_dataset, embedded):
+def test_delete_run_removes_fields_artifacts_and_record(cifar_dataset, proxy_ckpt):
     ds = cifar_dataset.clone()
-    ckpt = fo_plugin.get_run_config(embedded[0], "ssl_embedding")["backbone"]["checkpoint"]
+    ckpt = proxy_ckpt
     fo_plugin.compute_ssl_embeddings(ds.limit(10), "tmp_emb", checkpoint=ckpt)
     assert "tmp_emb" in fo_plugin.list_runs(ds)
     res = run_op("delete_ssl_run", ds, {"run_key": "tmp_emb", "confirm": True})
@@ -188,11 +198,11 @@ def test_delete_run_removes_fields_artifacts_and_record(cifar_dataset, embedded)
     ds.delete()
 
 
-def test_delegated_execution_queues_then_runs_with_progress(cifar_dataset, embedded):
+def test_delegated_execution_queues_then_runs_with_progress(cifar_dataset, proxy_ckpt):
     from fiftyone.operators.delegated import DelegatedOperationService
 
     ds = cifar_dataset.clone()
-    ckpt = fo_plugin.get_run_config(embedded[0], "ssl_embedding")["backbone"]["checkpoint"]
+    ckpt = proxy_ckpt
     res = run_op("compute_ssl_embeddings", ds, {"view_target": "DATASET", "checkpoint": ckpt, "delegate": True,
                                                  "embeddings_field": "delegated_emb"})
     assert res.error is None and res.delegated
@@ -206,9 +216,9 @@ def test_delegated_execution_queues_then_runs_with_progress(cifar_dataset, embed
     ds.delete()
 
 
-def test_an_interrupted_run_resumes_where_it_stopped(cifar_dataset, embedded):
+def test_an_interrupted_run_resumes_where_it_stopped(cifar_dataset, proxy_ckpt):
     ds = cifar_dataset.limit(60).select_fields().clone()
-    ckpt = fo_plugin.get_run_config(embedded[0], "ssl_embedding")["backbone"]["checkpoint"]
+    ckpt = proxy_ckpt
     fo_plugin.compute_ssl_embeddings(ds, checkpoint=ckpt)
     before = dict(zip(ds.values("id"), ds.values("ssl_embedding")))
     lost = ds.values("id")[40:]

@@ -56,7 +56,7 @@ def test_near_copies_point_at_their_originals(identity_run):
 
 
 @pytest.fixture(scope="module")
-def duplicates_dataset(cifar_files, tmp_images, embedded):
+def duplicates_dataset(cifar_files, tmp_images, proxy_ckpt):
     d = os.path.join(tmp_images, "exact-dups")
     os.makedirs(d, exist_ok=True)
     ds = fo.Dataset()
@@ -67,8 +67,7 @@ def duplicates_dataset(cifar_files, tmp_images, embedded):
         shutil.copy(s.filepath, path)
         twins.append(fo.Sample(filepath=path, twin=s.id))
     ds.add_samples(twins, progress=False)
-    ckpt = fo_plugin.get_run_config(embedded[0], "ssl_embedding")["backbone"]["checkpoint"]
-    fo_plugin.compute_ssl_embeddings(ds, checkpoint=ckpt)
+    fo_plugin.compute_ssl_embeddings(ds, checkpoint=proxy_ckpt)
     yield ds
     ds.delete()
 
