@@ -31,10 +31,7 @@ def _noop(_f: float, _label: str) -> None:
 
 def fields_for(run_key: str, mode: str) -> dict[str, str]:
     """The sample fields a CL-Core run writes (all prefixed with the run key)."""
-    names = {"score": fo.FloatField, "rank": fo.IntField, "rank_overall": fo.IntField, "class": None,
-             "selected": fo.BooleanField}
-    if mode == "greedy":
-        names["gain"] = fo.FloatField
+    names = ("score", "rank", "rank_overall", "class", "selected") + (("gain",) if mode == "greedy" else ())
     return {k: f"{run_key}_{k}" for k in names}
 
 

@@ -13,7 +13,7 @@ from .common import (
     dropdown,
     operator_config,
     positive_int,
-    report_errors,
+    reload_app,
     run_choice,
 )
 
@@ -92,7 +92,7 @@ class ComputeCLCore(CurationOperator):
             device=p.get("device", "auto"),
             progress=self.progress(ctx),
         )
-        report_errors(ctx, summary)
+        reload_app(ctx)
         return summary
 
     def resolve_output(self, ctx):

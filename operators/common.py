@@ -90,7 +90,7 @@ def positive_int(ctx, inputs: types.Object, name: str, default: int, label: str,
     return prop
 
 
-def report_errors(ctx, summary: dict) -> None:
+def reload_app(ctx) -> None:
     """Reload the App after fields changed (immediate mode only)."""
     if not ctx.delegated:
         ctx.trigger("reload_dataset")

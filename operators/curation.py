@@ -13,7 +13,7 @@ from .common import (
     categorical_fields,
     dropdown,
     operator_config,
-    report_errors,
+    reload_app,
     vector_fields,
 )
 
@@ -66,7 +66,7 @@ class FindNearDuplicates(CurationOperator):
             pixel_threshold=float(p.get("pixel_threshold", 0.8)) if p.get("pixel_check", True) else None,
             detail_threshold=float(p.get("detail_threshold", 0.5)) if p.get("pixel_check", True) else None,
             influence_run=p.get("influence_run") or None, keep=p.get("keep", "first"), progress=self.progress(ctx))
-        report_errors(ctx, out)
+        reload_app(ctx)
         return out
 
     def resolve_output(self, ctx):
@@ -108,7 +108,7 @@ class FindOutliers(CurationOperator):
                             embeddings_field=p.get("embeddings_field", "ssl_embedding"),
                             fraction=float(p.get("fraction", 0.02)), influence_run=p.get("influence_run") or None,
                             progress=self.progress(ctx))
-        report_errors(ctx, out)
+        reload_app(ctx)
         h = out["histogram"]
         centres = [(a + b) / 2 for a, b in zip(h["edges"][:-1], h["edges"][1:])]
         out["histogram_plot"] = [{"type": "bar", "x": centres, "y": h["counts"], "name": "samples"}]

@@ -11,7 +11,7 @@ from .common import (
     add_target,
     operator_config,
     positive_int,
-    report_errors,
+    reload_app,
 )
 
 BACKBONES = {
@@ -70,7 +70,7 @@ class ComputeSSLEmbeddings(CurationOperator):
             device=p.get("device", "auto"),
             progress=self.progress(ctx),
         )
-        report_errors(ctx, summary)
+        reload_app(ctx)
         return {k: v for k, v in summary.items() if k != "train_history"}
 
     def resolve_output(self, ctx):

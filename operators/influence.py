@@ -11,7 +11,7 @@ from .common import (
     add_target,
     operator_config,
     positive_int,
-    report_errors,
+    reload_app,
     run_choice,
 )
 
@@ -54,7 +54,7 @@ class ComputeSSLInfluence(CurationOperator):
             embeddings_run=p.get("embeddings_run", "ssl_embedding"), curvature=p.get("curvature", "ekfac"),
             num_augs=int(p.get("num_augs", 4)), output=p.get("output", "projection"),
             batch_size=int(p.get("batch_size", 64)), device=p.get("device", "auto"), progress=self.progress(ctx))
-        report_errors(ctx, out)
+        reload_app(ctx)
         return out
 
     def resolve_output(self, ctx):
