@@ -13,6 +13,7 @@ from .common import (
     dropdown,
     operator_config,
     positive_int,
+    radio,
     reload_app,
     run_choice,
 )
@@ -31,11 +32,10 @@ class ComputeCLCore(CurationOperator):
                       "No SSL embeddings run yet: run 'SSL curation: compute SSL embeddings' first") is None:
             return types.Property(inputs)
 
-        latent = types.RadioGroup()
-        latent.add_choice("kmeans", label="k-means on the proxy's projections (label-free)")
-        latent.add_choice("label_field", label="An existing label field")
-        latent.add_choice("clip_zero_shot", label="CLIP zero-shot over class names (needs CLIP weights)")
-        inputs.enum("latent", latent.values(), default="kmeans", view=latent, label="Latent classes")
+        radio(inputs, "latent", {"kmeans": "k-means on the proxy's projections (label-free)",
+                                 "label_field": "An existing label field",
+                                 "clip_zero_shot": "CLIP zero-shot over class names (needs CLIP weights)"},
+              "Latent classes")
         if ctx.params.get("latent", "kmeans") == "kmeans":
             positive_int(ctx, inputs, "num_classes", 0, "Number of latent classes",
                          "0 = estimate it (silhouette)", minimum=0)
@@ -60,10 +60,9 @@ class ComputeCLCore(CurationOperator):
                                    or (budget > 1 and float(budget) != int(budget))):
             prop.invalid = True
             prop.error_message = "Budget must be a fraction in (0, 1] or a whole number of samples"
-        mode = types.RadioGroup()
-        mode.add_choice("released", label="released: the authors' code (sort by score within class)")
-        mode.add_choice("greedy", label="greedy: the paper's objective with the redundancy penalty")
-        inputs.enum("mode", mode.values(), default="released", view=mode, label="Selection mode")
+        radio(inputs, "mode", {"released": "released: the authors' code (sort by score within class)",
+                               "greedy": "greedy: the paper's objective with the redundancy penalty"},
+              "Selection mode")
         from fo_plugin.clcore import fields_for
 
         add_run_key(ctx, inputs, "clcore", lambda k: fields_for(k, ctx.params.get("mode", "released")).values())

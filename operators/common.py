@@ -37,11 +37,8 @@ def add_device_and_delegate(inputs: types.Object, ctx) -> None:
     """Device choice (a form error if CUDA is asked for without a GPU) and the delegation checkbox."""
     import torch
 
-    choices = types.RadioGroup()
-    for d in ("auto", "cpu", "cuda"):
-        choices.add_choice(d, label=d)
-    prop = inputs.enum("device", choices.values(), default="auto", view=choices, label="Device",
-                       description="auto = CUDA when available, else CPU")
+    prop = radio(inputs, "device", {d: d for d in ("auto", "cpu", "cuda")}, "Device",
+                 description="auto = CUDA when available, else CPU")
     if ctx.params.get("device") == "cuda" and not torch.cuda.is_available():
         prop.invalid = True
         prop.error_message = "No CUDA GPU is available on the server; choose auto or cpu"
@@ -94,6 +91,16 @@ def reload_app(ctx) -> None:
     """Reload the App after fields changed (immediate mode only)."""
     if not ctx.delegated:
         ctx.trigger("reload_dataset")
+
+
+def radio(inputs: types.Object, name: str, choices: dict[str, str], label: str, default: str | None = None,
+          description: str | None = None):
+    """Radio buttons: ``choices`` maps each value to its label; the default is the first value."""
+    group = types.RadioGroup()
+    for value, text in choices.items():
+        group.add_choice(value, label=text)
+    return inputs.enum(name, group.values(), default=default or next(iter(choices)), view=group, label=label,
+                       description=description)
 
 
 def dropdown(inputs: types.Object, name: str, values, label: str, default=None, required: bool = False,

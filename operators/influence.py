@@ -11,6 +11,7 @@ from .common import (
     add_target,
     operator_config,
     positive_int,
+    radio,
     reload_app,
     run_choice,
 )
@@ -30,16 +31,12 @@ class ComputeSSLInfluence(CurationOperator):
         if run_choice(ctx, inputs, "embeddings_run", "ssl_embeddings", "Embeddings run (its model is f)",
                        "No SSL embeddings run yet: run 'compute SSL embeddings' first") is None:
             return types.Property(inputs)
-        curv = types.RadioGroup()
-        curv.add_choice("ekfac", label="EK-FAC (the paper; kronfluence)")
-        curv.add_choice("diagonal", label="diagonal Fisher (cheaper)")
-        curv.add_choice("identity", label="identity: squared gradient norm (cheapest; TracIn)")
-        inputs.enum("curvature", curv.values(), default="ekfac", view=curv, label="Curvature")
+        radio(inputs, "curvature", {"ekfac": "EK-FAC (the paper; kronfluence)",
+                                    "diagonal": "diagonal Fisher (cheaper)",
+                                    "identity": "identity: squared gradient norm (cheapest; TracIn)"}, "Curvature")
         positive_int(ctx, inputs, "num_augs", 4, "Augmentations per image (K)")
-        out = types.RadioGroup()
-        out.add_choice("projection", label="projection head")
-        out.add_choice("backbone", label="backbone features")
-        inputs.enum("output", out.values(), default="projection", view=out, label="Representation f")
+        radio(inputs, "output", {"projection": "projection head", "backbone": "backbone features"},
+              "Representation f")
         add_run_key(ctx, inputs, "influence", lambda k: influence_fields(k).values())
         positive_int(ctx, inputs, "batch_size", 64, "Batch size")
         add_device_and_delegate(inputs, ctx)
@@ -84,10 +81,8 @@ class FindInfluentialTrainingSamples(CurationOperator):
                        "No influence run yet: run 'label-free influence' first") is None:
             return types.Property(inputs)
         positive_int(ctx, inputs, "k", 20, "How many proponents / opponents")
-        m = types.RadioGroup()
-        m.add_choice("exact", label="exact (EK-FAC pairwise, or streamed gradients)")
-        m.add_choice("projected", label="projected gradient sketch (fast; identity / diagonal runs)")
-        inputs.enum("method", m.values(), default="exact", view=m, label="Method")
+        radio(inputs, "method", {"exact": "exact (EK-FAC pairwise, or streamed gradients)",
+                                 "projected": "projected gradient sketch (fast; identity / diagonal runs)"}, "Method")
         add_run_key(ctx, inputs, "shaped", lambda k: [f"{k}_influence"])
         add_device_and_delegate(inputs, ctx)
         return types.Property(inputs, view=types.View(label="What shaped this image?"))
