@@ -82,14 +82,19 @@ def main(argv=None) -> None:
 
     _report(ds, audit["rows"])
     curated = f"{ds.name}-curated"
-    if not _dataset_exists(curated):
+    if args.fresh and _dataset_exists(curated):
+        _delete_dataset(curated)
+    if _dataset_exists(curated):
+        print(f"export_curated: kept the existing dataset {curated!r} (run with --fresh to rebuild it)")
+    else:
         exp = run_operator("export_curated", ds.name, {"duplicates_run": "dups", "outliers_run": "outliers",
                                                        "clcore_run": "clcore", "name": curated, "confirm": True})
         print(f"export_curated: new dataset {curated!r} with {exp['num_kept']} of {exp['num_source']} images; "
               f"removed ones listed in {exp['manifest']}")
     print(f"runs on the dataset: {fo_plugin.list_runs(ds)}")
     print(f"total {time.perf_counter() - t0:.1f} s")
-    print(f"\nOpen the App on the result:\n  make app            "
+    make_app = "make app" if ds.name == "ssl-curation-demo" else f"make app DATASET={ds.name}"
+    print(f"\nOpen the App on the result:\n  {make_app}    "
           f"(= fiftyone app launch {ds.name} --remote --address 127.0.0.1 --port 5151)")
 
 
@@ -97,6 +102,12 @@ def _dataset_exists(name: str) -> bool:
     import fiftyone as fo
 
     return fo.dataset_exists(name)
+
+
+def _delete_dataset(name: str) -> None:
+    import fiftyone as fo
+
+    fo.delete_dataset(name)
 
 
 def _report(ds, audit_rows: list[dict]) -> None:
