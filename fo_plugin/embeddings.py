@@ -9,13 +9,11 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import asdict
 
 import fiftyone as fo
-import numpy as np
 from fiftyone import ViewField as F
 
 from . import runs
@@ -27,6 +25,7 @@ from .core.embed import embed_array
 from .core.images import iter_decoded
 from .core.models import ProxyConfig, save_proxy
 from .core.train import TrainConfig, train_proxy
+from .features import DecodedImages
 
 METHOD = runs.METHOD_PREFIX + "ssl_embeddings"
 Progress = Callable[[float, str], None]
@@ -167,22 +166,12 @@ def _train_dict(cfg: TrainConfig, width: int) -> dict:
 
 
 def _train(dataset, ids, paths, cfg: TrainConfig, width: int, dev, ckpt_path: str, progress: Progress) -> list:
-    """Decode the target images once into a temporary memmap (bounded memory), train, save the checkpoint."""
-    size = cfg.augment.size
-    with tempfile.TemporaryDirectory(dir=runs.cache_root()) as tmp:
-        store = np.lib.format.open_memmap(os.path.join(tmp, "images.npy"), mode="w+", dtype=np.uint8,
-                                          shape=(len(paths), size, size, 3))
-        good = np.zeros(len(paths), dtype=bool)
-        for start, images, ok, _ in iter_decoded(paths, size):
-            store[start:start + len(images)] = images
-            good[start:start + len(images)] = ok
-        keep = np.flatnonzero(good)
-        if len(keep) < 2:
-            raise ValueError(f"only {len(keep)} of {len(paths)} images could be decoded: cannot train a proxy")
-        keys = rng.sample_keys([ids[i] for i in keep])
-        model, history = train_proxy(store[keep] if len(keep) < len(paths) else store, keys, cfg, dev,
-                                     ProxyConfig(width=width, image_size=size), progress)
-        del store
+    """Decode the target images once (bounded memory), train, save the checkpoint."""
+    with DecodedImages(paths, ids, cfg.augment.size, runs.cache_root()) as pool:
+        if len(pool.ids) < 2:
+            raise ValueError(f"only {len(pool.ids)} of {len(paths)} images could be decoded: cannot train a proxy")
+        model, history = train_proxy(pool.subset(), rng.sample_keys(pool.ids), cfg, dev,
+                                     ProxyConfig(width=width, image_size=cfg.augment.size), progress)
     save_proxy(model.cpu(), ckpt_path, extra={"train": _train_dict(cfg, width), "history": history,
-                                             "num_train_images": len(keep), "dataset": dataset.name})
+                                             "num_train_images": len(pool.ids), "dataset": dataset.name})
     return history

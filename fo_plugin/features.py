@@ -3,6 +3,9 @@ canonical sample order (sorted by a hash of the sample id), so that every score 
 
 from __future__ import annotations
 
+import os
+import tempfile
+
 import fiftyone as fo
 import numpy as np
 import torch
@@ -12,7 +15,46 @@ from .core import rng
 from .core.augment import AugmentConfig
 from .core.backbones import Backbone, load_backbone
 from .core.embed import embed_array
-from .core.images import iter_decoded
+from .core.images import iter_decoded, to_float
+
+
+class DecodedImages:
+    """Target images decoded once into a temporary uint8 memmap (bounded memory), for jobs that pass over them
+    several times (proxy training, influence). ``ids`` and ``valid`` name the images that could be decoded."""
+
+    def __init__(self, paths: list[str], ids: list[str], size: int, folder: str):
+        os.makedirs(folder, exist_ok=True)
+        self.tmp = tempfile.TemporaryDirectory(dir=folder)
+        self.images = np.lib.format.open_memmap(os.path.join(self.tmp.name, "images.npy"), mode="w+",
+                                                dtype=np.uint8, shape=(len(paths), size, size, 3))
+        ok = np.zeros(len(paths), dtype=bool)
+        for start, images, good, _ in iter_decoded(paths, size):
+            self.images[start:start + len(images)] = images
+            ok[start:start + len(images)] = good
+        self.valid = np.flatnonzero(ok)
+        self.ids = [ids[i] for i in self.valid]
+
+    def subset(self, rows: np.ndarray | None = None) -> np.ndarray:
+        """The decoded images (all, or ``rows`` of them); all of them stay a memmap when every image decoded."""
+        if rows is None:
+            return self.images if len(self.valid) == len(self.images) else self.images[self.valid]
+        return self.images[self.valid[rows]]
+
+    def batches(self, device, batch_size: int, rows: np.ndarray | None = None):
+        """Float batches (B, 3, S, S) in [0, 1] on ``device``."""
+        rows = np.arange(len(self.valid)) if rows is None else rows
+        for s in range(0, len(rows), batch_size):
+            yield to_float(self.subset(rows[s:s + batch_size]), device)
+
+    def close(self) -> None:
+        del self.images
+        self.tmp.cleanup()
+
+    def __enter__(self) -> DecodedImages:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
 
 def canonical(samples: fo.core.collections.SampleCollection) -> tuple[list[str], list[str]]:

@@ -7,7 +7,6 @@ The method and its reconstruction from the paper are described in :mod:`fo_plugi
 from __future__ import annotations
 
 import os
-import tempfile
 import time
 from collections.abc import Callable
 
@@ -18,7 +17,6 @@ import torch
 from . import runs
 from .core.device import resolve_device
 from .core.ekfac import EKFAC
-from .core.images import iter_decoded, to_float
 from .core.influence import (
     CURVATURES,
     OUTPUTS,
@@ -31,7 +29,7 @@ from .core.influence import (
     preconditioner,
     tracked_parameters,
 )
-from .features import canonical, load_run_model
+from .features import DecodedImages, canonical, load_run_model
 
 METHOD = runs.METHOD_PREFIX + "ssl_influence"
 QUERY_METHOD = runs.METHOD_PREFIX + "influence_query"
@@ -44,35 +42,6 @@ def _noop(_f: float, _label: str) -> None:
 def influence_fields(run_key: str) -> dict[str, str]:
     """The sample fields an influence run writes (prefixed with its key)."""
     return {k: f"{run_key}_{k}" for k in ("self_influence", "rank", "percentile", "aug_loss", "dup_of", "dup_score")}
-
-
-class _Pool:
-    """The decoded target images (a temporary uint8 memmap: bounded memory) and their batches."""
-
-    def __init__(self, paths: list[str], ids: list[str], size: int, folder: str):
-        self.tmp = tempfile.TemporaryDirectory(dir=folder)
-        self.images = np.lib.format.open_memmap(os.path.join(self.tmp.name, "images.npy"), mode="w+",
-                                                dtype=np.uint8, shape=(len(paths), size, size, 3))
-        ok = np.zeros(len(paths), dtype=bool)
-        for start, images, good, _ in iter_decoded(paths, size):
-            self.images[start:start + len(images)] = images
-            ok[start:start + len(images)] = good
-        self.valid = np.flatnonzero(ok)
-        self.ids = [ids[i] for i in self.valid]
-
-    def subset(self, rows: np.ndarray | None = None) -> np.ndarray:
-        if rows is None:
-            return self.images[self.valid]
-        return self.images[self.valid[rows]]
-
-    def batches(self, device, batch_size: int, rows: np.ndarray | None = None):
-        rows = np.arange(len(self.valid)) if rows is None else rows
-        for s in range(0, len(rows), batch_size):
-            yield to_float(self.subset(rows[s:s + batch_size]), device)
-
-    def close(self) -> None:
-        del self.images
-        self.tmp.cleanup()
 
 
 def _config(cfg: dict | None, **overrides) -> InfluenceConfig:
@@ -147,7 +116,7 @@ def compute_ssl_influence(
 
     t0 = time.perf_counter()
     ids, paths = canonical(samples)
-    pool = _Pool(paths, ids, net.image_size, rdir)
+    pool = DecodedImages(paths, ids, net.image_size, rdir)
     try:
         n = len(pool.ids)
         if n == 0:
@@ -291,8 +260,8 @@ def find_influential_training_samples(
     if len(qpaths) != len(query_ids):
         raise ValueError("some query ids are not samples of this dataset")
     qids = dataset.select(list(query_ids)).values("id")
-    qpool = _Pool(qpaths, qids, net.image_size, rdir)
-    pool = _Pool(paths, ids, net.image_size, rdir)
+    qpool = DecodedImages(qpaths, qids, net.image_size, rdir)
+    pool = DecodedImages(paths, ids, net.image_size, rdir)
     try:
         if len(qpool.ids) == 0:
             raise ValueError("none of the query images could be decoded")
@@ -300,7 +269,7 @@ def find_influential_training_samples(
             ek = EKFAC(f, cfg, os.path.join(rdir, "kronfluence"), dev, batch_size)
             scores = ek.pairwise(qpool.subset(), pool.subset())
         elif method == "projected":
-            scores = _projected_scores(rdir, f, qpool, cfg, dev, pool.ids)
+            scores = _projected_scores(rdir, qpool, pool.ids)
         else:
             scores = _streamed_scores(rdir, f, qpool, pool, cfg, dev, batch_size, progress)
     finally:
@@ -341,7 +310,7 @@ def _streamed_scores(rdir, f, qpool, pool, cfg, dev, batch_size, progress) -> np
     return torch.cat(out, dim=1).numpy()
 
 
-def _projected_scores(rdir, f, qpool, cfg, dev, train_ids) -> np.ndarray:
+def _projected_scores(rdir, qpool, train_ids) -> np.ndarray:
     """Approximate I(z, x) from the gradient sketches kept by the influence run (preconditioned on both sides
     with (H + lambda I)^-1/2, so their dot product approximates g_x^T (H + lambda I)^-1 g_z)."""
     path = os.path.join(rdir, "grad_sketch.npy")
