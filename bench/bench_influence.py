@@ -25,18 +25,10 @@ from fo_plugin.core.device import resolve_device
 from fo_plugin.core.ekfac import EKFAC
 from fo_plugin.core.images import iter_decoded, to_float
 from fo_plugin.core.influence import InfluenceConfig, SSLOutput, aug_losses, fit_diagonal, per_example_grads
+from fo_plugin.core.outliers import auroc
 from fo_plugin.core.rng import sample_keys
 from fo_plugin.core.train import TrainConfig, train_proxy
 from fo_plugin.data import cifar10_files, mnist_images
-
-
-def auroc(scores: np.ndarray, positive: np.ndarray) -> float:
-    """Probability that a random positive outranks a random negative (ties count half)."""
-    from scipy.stats import rankdata
-
-    r = rankdata(scores)
-    n1, n0 = positive.sum(), (~positive).sum()
-    return float((r[positive].sum() - n1 * (n1 + 1) / 2) / (n1 * n0))
 
 
 def main():
