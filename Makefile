@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q torch==2.14.1 torchvision==0.29.1
-	$(BIN)/pip install -q -e ".[db,test,bench,influence]" ruff
+	$(BIN)/pip install -q -e ".[db,test,bench]" ruff
 	rm -f $(VENV)/.installed-*
 	touch $@
 
