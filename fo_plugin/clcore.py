@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from fiftyone import ViewField as F
 
-from . import runs
+from . import params, runs
 from .core import rng
 from .core.clcore import MODES, select
 from .core.device import resolve_device
@@ -31,7 +31,7 @@ def _noop(_f: float, _label: str) -> None:
 
 def fields_for(run_key: str, mode: str) -> dict[str, str]:
     """The sample fields a CL-Core run writes (all prefixed with the run key)."""
-    names = ("score", "rank", "rank_overall", "class", "selected") + (("gain",) if mode == "greedy" else ())
+    names = ("score", "rank", "rank_overall", "class", "selected", "error") + (("gain",) if mode == "greedy" else ())
     return {k: f"{run_key}_{k}" for k in names}
 
 
@@ -88,7 +88,7 @@ def compute_clcore(
         embeddings_field (None): use a stored vector field as f instead (one view only).
         latent ("kmeans"): ``"kmeans"`` on f, ``"label_field"`` (an existing classification / string field), or
             ``"clip_zero_shot"`` (CLIP zero-shot over ``class_names``, the authors' ``clip_0shot_approx``).
-        num_classes (None): k for k-means; None estimates it by silhouette.
+        num_classes (None): k for k-means (>= 2); None or 0 estimates it by silhouette.
         label_field (None): the field for ``latent="label_field"``.
         class_names (None), clip_model ("ViT-B-32"), clip_pretrained ("openai"), clip_checkpoint (None): the classes
             and the open_clip model for ``latent="clip_zero_shot"`` (offline: a local checkpoint file).
@@ -105,101 +105,125 @@ def compute_clcore(
     progress = progress or _noop
     dataset = samples._dataset
     runs.validate_name(run_key, "run key")
-    if mode not in MODES:
-        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
-    if latent not in LATENT:
-        raise ValueError(f"latent must be one of {LATENT}, got {latent!r}")
+    params.choice("mode", mode, MODES)
+    params.choice("latent", latent, LATENT)
+    num_classes = params.integer("num_classes", num_classes, 0, none_ok=True) or None  # 0 / None: estimate k
+    if num_classes == 1:
+        raise ValueError("num_classes must be 0 (estimate it) or at least 2, got 1")
+    if num_classes is not None and num_classes > len(samples):
+        raise ValueError(f"num_classes={num_classes} is more than the {len(samples)} samples in the target view")
+    num_views = params.integer("num_views", num_views, 1)
+    seed = params.integer("seed", seed, 0)
+    batch_size = params.integer("batch_size", batch_size, 1)
+    tile = params.integer("tile", tile, 16)
     if latent == "label_field" and not label_field:
         raise ValueError("latent='label_field' needs label_field=<field name>")
-    if latent == "clip_zero_shot" and (not class_names or len(set(class_names)) < 2):
-        raise ValueError("latent='clip_zero_shot' needs at least two class_names")
-    if not isinstance(num_views, int) or num_views < 1:
-        raise ValueError(f"num_views must be an integer >= 1, got {num_views!r}")
+    if latent == "clip_zero_shot":
+        if not class_names or len(set(class_names)) < 2:
+            raise ValueError("latent='clip_zero_shot' needs at least two class_names")
+        if not clip_checkpoint and not clip_pretrained:
+            raise ValueError("latent='clip_zero_shot' needs CLIP weights (clip_checkpoint=<file> or a cached "
+                             "clip_pretrained tag): a randomly initialised CLIP gives meaningless classes")
     if embeddings_field and num_views > 1:
         raise ValueError("augmented views need a model: use embeddings_run instead of embeddings_field")
-    if num_classes is not None and num_classes < 1:
-        raise ValueError(f"num_classes must be >= 1, got {num_classes}")
-    if len(samples) == 0:
-        raise ValueError("the target view is empty: nothing to score")
+    budget_count(budget, 1)  # type and range only; the count is taken of the scored samples
     dev = resolve_device(device)
-    t0 = time.perf_counter()
-
     ids, paths = canonical(samples)
-    keys = rng.sample_keys(ids)
     if embeddings_field:
-        z, ok = field_vectors(samples, embeddings_field, ids)
-        z = z.to(dev)
         source = {"embeddings_field": embeddings_field}
+        source_id = source
     else:
-        net, aug = load_run_model(dataset, embeddings_run, dev)
-        z, ok, _ = project_views(net, paths, keys, num_views, aug, seed, dev, batch_size,
-                                 progress=lambda f, s: progress(0.5 * f, s))
-        source = {"embeddings_run": embeddings_run, "backbone": net.spec.to_dict(), "augment": aug.to_dict()}
-    t_proj = time.perf_counter() - t0
-
-    names_of_classes = None
+        ecfg = runs.require(dataset, embeddings_run, "ssl_embeddings", "compute_ssl_embeddings")
+        source = {"embeddings_run": embeddings_run}
+        source_id = ecfg.get("fingerprint")
     if latent == "label_field":
-        labels, names_of_classes = latent_labels_from_field(samples, label_field, ids)
-        ok &= labels >= 0
-    elif latent == "clip_zero_shot":
-        labels, clip_ok = _clip_zero_shot(paths, class_names, clip_model, clip_pretrained, clip_checkpoint, dev,
-                                          batch_size)
-        names_of_classes = list(class_names)
-        ok &= clip_ok
-    valid = np.flatnonzero(ok)
-    if len(valid) == 0:
-        raise ValueError("no sample in the target view has a usable embedding" +
-                         (" and label" if latent == "label_field" else ""))
-    zv = z[:, torch.as_tensor(valid, device=dev)]
-    if latent == "kmeans":
-        pooled = torch.nn.functional.normalize(zv.float(), dim=-1).mean(0)
-        k = num_classes or estimate_k(pooled, seed)
-        progress(0.55, f"k-means with k={k}")
-        labels = np.full(len(ids), -1)
-        labels[valid] = kmeans(pooled, k, seed)[0].cpu().numpy()
-    n_keep = budget_count(budget, len(valid))
-
-    names = fields_for(run_key, mode)
+        categorical_values(samples, label_field, ids[:1])  # the field exists and is categorical
     clip = ({"model": clip_model, "pretrained": clip_pretrained, "checkpoint": clip_checkpoint,
              "class_names": list(class_names)} if latent == "clip_zero_shot" else None)
     config = {"embeddings": source, "latent": latent, "num_classes": num_classes, "label_field": label_field,
-              "clip": clip,
-              "num_views": num_views, "budget": budget, "mode": mode, "seed": seed, "tile": tile,
-              "device": str(dev), "saved_views": []}
-    runs.start_run(dataset, run_key, METHOD, list(names.values()), config, overwrite=overwrite)
-    for f in names.values():  # a re-run replaces its own fields (their types may change with the latent source)
-        if f in dataset.get_field_schema():
-            dataset.delete_sample_field(f)
+              "clip": clip, "num_views": num_views, "budget": budget, "mode": mode, "seed": seed, "tile": tile,
+              "device": str(dev)}
+    names = fields_for(run_key, mode)
+    class_type = fo.IntField if latent == "kmeans" else fo.StringField
+    types = {"score": fo.FloatField, "rank": fo.IntField, "rank_overall": fo.IntField, "class": class_type,
+             "selected": fo.BooleanField, "error": fo.StringField, "gain": fo.FloatField}
+    run = runs.Run(samples, run_key, "clcore", {k: (v, types[k], {}) for k, v in names.items()}, config,
+                   fingerprint_parts=({k: v for k, v in config.items() if k != "device"}, source_id, ids),
+                   overwrite=overwrite, minimum=2, what="CL-Core")
+    with run:
+        t0 = time.perf_counter()
+        keys = rng.sample_keys(ids)
+        errors: dict[str, str] = {}
+        if embeddings_field:
+            z, ok, errors = field_vectors(samples, embeddings_field, ids)
+            z = z.to(dev)
+        else:
+            net, aug = load_run_model(dataset, embeddings_run, dev)
+            z, ok, errs = project_views(net, paths, keys, num_views, aug, seed, dev, batch_size,
+                                        progress=lambda f, s: progress(0.5 * f, s))
+            errors = {i: e for i, e in zip(ids, errs) if e}
+            source.update(backbone=net.spec.to_dict(), augment=aug.to_dict())
+        t_proj = time.perf_counter() - t0
 
-    t1 = time.perf_counter()
-    out = select(zv, labels[valid], n_keep, mode, tile, progress=lambda f, s: progress(0.6 + 0.35 * f, s))
-    t_sel = time.perf_counter() - t1
+        names_of_classes = None
+        if latent == "label_field":
+            labels, names_of_classes = latent_labels_from_field(samples, label_field, ids)
+            for n in np.flatnonzero(ok & (labels < 0)):
+                errors[ids[n]] = f"no value in {label_field!r}"
+            ok &= labels >= 0
+        elif latent == "clip_zero_shot":
+            labels, clip_ok = _clip_zero_shot(paths, class_names, clip_model, clip_pretrained, clip_checkpoint,
+                                              dev, batch_size)
+            names_of_classes = list(class_names)
+            ok &= clip_ok
+        valid = np.flatnonzero(ok)
+        if len(valid) < 2:
+            raise ValueError(f"CL-Core needs at least 2 samples with a usable embedding"
+                             f"{' and label' if latent == 'label_field' else ''}; {len(valid)} of {len(ids)} have one")
+        zv = z[:, torch.as_tensor(valid, device=dev)]
+        if latent == "kmeans":
+            pooled = torch.nn.functional.normalize(zv.float(), dim=-1).mean(0)
+            if num_classes is not None and num_classes > len(valid):
+                raise ValueError(f"num_classes={num_classes} is more than the {len(valid)} samples scored")
+            k = num_classes or estimate_k(pooled, seed)
+            progress(0.55, f"k-means with k={k}")
+            labels = np.full(len(ids), -1)
+            labels[valid] = kmeans(pooled, k, seed)[0].cpu().numpy()
+        n_keep = budget_count(budget, len(valid))
 
-    vid = [ids[i] for i in valid]
-    cls = labels[valid]
-    cls_values = [names_of_classes[c] for c in cls] if names_of_classes is not None else [int(c) for c in cls]
-    columns = {"score": out["score"].tolist(), "rank": out["rank"].tolist(),
-               "rank_overall": out["rank_overall"].tolist(), "class": cls_values,
-               "selected": out["selected"].tolist()}
-    if mode == "greedy":
-        columns["gain"] = out["gain"].tolist()
-    for k, values in columns.items():
-        dataset.set_values(names[k], dict(zip(vid, values)), key_field="id")
+        t1 = time.perf_counter()
+        out = select(zv, labels[valid], n_keep, mode, tile, progress=lambda f, s: progress(0.6 + 0.35 * f, s))
+        t_sel = time.perf_counter() - t1
 
-    frac = n_keep / len(valid)
-    views = _save_views(dataset, run_key, names, frac)
-    cfg = dataset.get_run_info(run_key).config
-    cfg.saved_views = views
-    dataset.update_run_config(run_key, cfg)
+        vid = [ids[i] for i in valid]
+        cls = labels[valid]
+        cls_values = [str(names_of_classes[c]) for c in cls] if names_of_classes is not None else cls.tolist()
+        columns = {"score": out["score"].tolist(), "rank": out["rank"].tolist(),
+                   "rank_overall": out["rank_overall"].tolist(), "class": cls_values,
+                   "selected": out["selected"].tolist()}
+        if mode == "greedy":
+            columns["gain"] = out["gain"].tolist()
+        for k_, values in columns.items():
+            run.write(k_, vid, values)
+        bad = [i for i in ids if i not in set(vid)]
+        run.write("error", bad, [errors.get(i, "could not be scored") for i in bad])
 
-    classes = names_of_classes or range(int(cls.max()) + 1)
-    sizes = {str(c): int((cls == i).sum()) for i, c in enumerate(classes)}
-    kept = {str(c): int(out["selected"][cls == i].sum()) for i, c in enumerate(classes)}
-    summary = {"run_key": run_key, "fields": list(names.values()), "num_samples": len(ids),
-               "num_scored": len(valid), "num_skipped": int(len(ids) - len(valid)), "num_selected": int(n_keep),
-               "num_classes": len(sizes), "class_sizes": sizes, "class_selected": kept, "saved_views": views,
-               "mode": mode, "device": str(dev), "timings": {"project_s": t_proj, "select_s": t_sel}}
-    runs.finish_run(dataset, run_key, **summary)
+        frac = n_keep / len(valid)
+        suffix = "" if run_key == "clcore" else f" [{run_key}]"
+        keep_name, drop_name = f"CL-Core subset ({100 * frac:.0f}%){suffix}", f"CL-Core least valuable{suffix}"
+        sel, rank = names["selected"], names["rank_overall"]
+        run.save_view(keep_name, lambda ds: ds.match(F(sel) == True).sort_by(rank), f"CL-Core run {run_key!r}")
+        run.save_view(drop_name, lambda ds: ds.match(F(sel) == False).sort_by(rank, reverse=True),
+                      f"CL-Core run {run_key!r}, least valuable first")
+
+        classes = names_of_classes or range(int(cls.max()) + 1)
+        sizes = {str(c): int((cls == i).sum()) for i, c in enumerate(classes)}
+        kept = {str(c): int(out["selected"][cls == i].sum()) for i, c in enumerate(classes)}
+        summary = run.commit(fields=list(names.values()), num_samples=len(ids), num_scored=len(valid),
+                             num_skipped=int(len(ids) - len(valid)), num_selected=int(n_keep),
+                             num_classes=len(sizes), class_sizes=sizes, class_selected=kept,
+                             saved_views=[keep_name, drop_name], mode=mode, device=str(dev),
+                             timings={"project_s": t_proj, "select_s": t_sel})
     progress(1.0, f"kept {n_keep} of {len(valid)}")
     return summary
 
@@ -220,18 +244,3 @@ def _clip_zero_shot(paths, class_names, model, pretrained, checkpoint, dev, batc
         labels.append(np.where(ok, lab, -1))
         oks.append(ok)
     return np.concatenate(labels), np.concatenate(oks)
-
-
-def _save_views(dataset: fo.Dataset, run_key: str, names: dict, frac: float) -> list[str]:
-    """"CL-Core subset (X%)" (the selection, best first) and "CL-Core least valuable" (the rest, worst first)."""
-    suffix = "" if run_key == "clcore" else f" [{run_key}]"
-    keep_name = f"CL-Core subset ({100 * frac:.0f}%){suffix}"
-    drop_name = f"CL-Core least valuable{suffix}"
-    for old in runs.get_config(dataset, run_key).get("saved_views", []):
-        if dataset.has_saved_view(old):
-            dataset.delete_saved_view(old)
-    keep = dataset.match(F(names["selected"]) == True).sort_by(names["rank_overall"])
-    drop = dataset.match(F(names["selected"]) == False).sort_by(names["rank_overall"], reverse=True)
-    for name, view in ((keep_name, keep), (drop_name, drop)):
-        dataset.save_view(name, view, description=f"CL-Core run {run_key!r}", overwrite=True)
-    return [keep_name, drop_name]

@@ -13,17 +13,19 @@ import numpy as np
 import torch
 from fiftyone import ViewField as F
 
-from . import runs
+from . import params, runs
 from .core.duplicates import find_duplicates, pixel_signatures, representatives
-from .core.images import iter_decoded
-from .features import canonical, field_vectors
+from .features import DecodedImages, canonical, field_vectors
 
 METHOD = runs.METHOD_PREFIX + "near_duplicates"
 POLICIES = ("clcore", "influence", "largest_file", "first")
 
 
 def duplicate_fields(run_key: str) -> dict[str, str]:
-    return {k: f"{run_key}_{k}" for k in ("group", "keep", "score")}
+    return {k: f"{run_key}_{k}" for k in ("group", "keep", "score", "error")}
+
+
+FIELD_TYPES = {"group": fo.IntField, "keep": fo.BooleanField, "score": fo.FloatField, "error": fo.StringField}
 
 
 def _names(run_key: str) -> tuple[str, str, str, str]:
@@ -93,72 +95,66 @@ def find_near_duplicates(
     progress = progress or (lambda f, s: None)
     dataset = samples._dataset
     runs.validate_name(run_key, "run key")
-    if keep not in POLICIES:
-        raise ValueError(f"keep must be one of {POLICIES}, got {keep!r}")
-    if not 0 < threshold <= 1 or any(t is not None and not -1 <= t <= 1
-                                     for t in (pixel_threshold, detail_threshold, influence_threshold)):
-        raise ValueError("thresholds are cosine similarities: threshold in (0, 1], the others in [-1, 1]")
-    if k < 1:
-        raise ValueError(f"k must be >= 1, got {k}")
-    if len(samples) == 0:
-        raise ValueError("the target view is empty")
-    t0 = time.perf_counter()
-    ids, paths = canonical(samples)
-    z, ok = field_vectors(samples, embeddings_field, ids)
-    valid = np.flatnonzero(ok)
-    vids, vpaths = [ids[i] for i in valid], [paths[i] for i in valid]
-    checks = []
-    if pixel_threshold is not None or detail_threshold is not None:
-        thumbs = np.concatenate([b[1] for b in iter_decoded(vpaths, 32)]) if vpaths else np.zeros((0, 32, 32, 3))
-        structure, detail = pixel_signatures(thumbs)
-        checks += [(s, t) for s, t in ((structure, pixel_threshold), (detail, detail_threshold)) if t is not None]
+    params.choice("keep", keep, POLICIES)
+    k = params.integer("k", k, 1)
+    threshold = params.number("threshold", threshold, 0, 1, open_min=True)
+    pixel_threshold = params.number("pixel_threshold", pixel_threshold, -1, 1, none_ok=True)
+    detail_threshold = params.number("detail_threshold", detail_threshold, -1, 1, none_ok=True)
+    influence_threshold = params.number("influence_threshold", influence_threshold, -1, 1)
     if influence_run:
-        checks.append((_influence_signature(dataset, influence_run, vids), influence_threshold))
-    progress(0.3, "signatures")
-    found = find_duplicates(z[0, torch.as_tensor(valid)], checks, k, threshold, mutual)
-    pairs = found["pairs"]
-    group = found["group"]
-    keep_mask = representatives(group, _priority(samples, vids, vpaths, keep, clcore_run, influence_run or ""))
-    progress(0.7, f"{int((group >= 0).sum())} samples in {len(np.unique(group[group >= 0]))} groups")
-
+        runs.require(dataset, influence_run, "ssl_influence", "compute_ssl_influence")
     names = duplicate_fields(run_key)
     dup_tag, rep_tag, dup_view, rep_view = _names(run_key)
     config = {"embeddings_field": embeddings_field, "k": k, "threshold": threshold,
               "pixel_threshold": pixel_threshold, "detail_threshold": detail_threshold, "influence_run": influence_run,
-              "influence_threshold": influence_threshold, "mutual": mutual, "keep": keep, "clcore_run": clcore_run,
-              "tags": [dup_tag, rep_tag], "saved_views": [dup_view, rep_view]}
-    runs.start_run(dataset, run_key, METHOD, list(names.values()), config, overwrite=overwrite)
-    runs.ensure_field(dataset, names["group"], fo.IntField)
-    dataset.untag_samples([dup_tag, rep_tag])
-    grp = [int(g) if g >= 0 else None for g in group]
-    dataset.set_values(names["group"], dict(zip(vids, grp)), key_field="id")
-    dataset.set_values(names["keep"], dict(zip(vids, keep_mask.tolist())), key_field="id")
-    dataset.set_values(names["score"], dict(zip(vids, np.asarray(found["score"], float).tolist())), key_field="id")
-    in_group = dataset.select([i for i, g in zip(vids, group) if g >= 0])
-    in_group.match(F(names["keep"]) == False).tag_samples(dup_tag)
-    in_group.match(F(names["keep"]) == True).tag_samples(rep_tag)
-    has_group = dataset.match(F(names["group"]) != None)  # noqa: E711
-    dataset.save_view(dup_view, has_group.sort_by(names["group"]), overwrite=True,
-                      description=f"near-duplicate groups of run {run_key!r}")
-    dataset.save_view(rep_view, has_group.match(F(names["keep"]) == True).sort_by(names["group"]), overwrite=True,
-                      description=f"the member kept in each near-duplicate group of run {run_key!r}")
-    pair_list = [{"a": vids[int(r[0])], "b": vids[int(r[1])], "cosine": float(r[2]),
-                  "checks": [float(v) for v in r[3:]]} for r in pairs]
-    summary = {"run_key": run_key, "num_samples": len(ids), "num_scored": len(vids),
-               "num_skipped": len(ids) - len(vids), "num_pairs": len(pair_list),
-               "num_groups": int(len(np.unique(group[group >= 0]))), "num_in_groups": int((group >= 0).sum()),
-               "num_to_drop": int((~keep_mask).sum()), "saved_views": [dup_view, rep_view],
-               "tags": [dup_tag, rep_tag], "seconds": time.perf_counter() - t0, "pairs": pair_list}
-    runs.finish_run(dataset, run_key, **summary)
+              "influence_threshold": influence_threshold, "mutual": mutual, "keep": keep, "clcore_run": clcore_run}
+    run = runs.Run(samples, run_key, "near_duplicates", {k_: (v, FIELD_TYPES[k_], {}) for k_, v in names.items()},
+                   config, overwrite=overwrite, minimum=2, what="near-duplicate search")
+    with run:
+        t0 = time.perf_counter()
+        ids, paths = canonical(samples)
+        z, ok, rejected = field_vectors(samples, embeddings_field, ids)
+        valid = np.flatnonzero(ok)
+        vids, vpaths = [ids[i] for i in valid], [paths[i] for i in valid]
+        checks = []
+        if pixel_threshold is not None or detail_threshold is not None:
+            with DecodedImages(vpaths, vids, 32, run.artifacts) as thumbs:  # a memmap: bounded memory
+                structure, detail = pixel_signatures(thumbs.images)
+            checks += [(s, t) for s, t in ((structure, pixel_threshold), (detail, detail_threshold)) if t is not None]
+        if influence_run:
+            checks.append((_influence_signature(dataset, influence_run, vids), influence_threshold))
+        progress(0.3, "signatures")
+        found = find_duplicates(z[0, torch.as_tensor(valid)], checks, k, threshold, mutual)
+        pairs = found["pairs"]
+        group = found["group"]
+        keep_mask = representatives(group, _priority(samples, vids, vpaths, keep, clcore_run, influence_run or ""))
+        progress(0.7, f"{int((group >= 0).sum())} samples in {len(np.unique(group[group >= 0]))} groups")
+
+        run.write("group", vids, [int(g) if g >= 0 else None for g in group])
+        run.write("keep", vids, keep_mask.tolist())
+        run.write("score", vids, np.asarray(found["score"], float).tolist())
+        run.write("error", list(rejected), list(rejected.values()))
+        g_, k_ = names["group"], names["keep"]
+        run.tag(dup_tag, lambda ds: ds.match((F(g_) != None) & (F(k_) == False)))  # noqa: E711
+        run.tag(rep_tag, lambda ds: ds.match((F(g_) != None) & (F(k_) == True)))  # noqa: E711
+        run.save_view(dup_view, lambda ds: ds.match(F(g_) != None).sort_by(g_),  # noqa: E711
+                      f"near-duplicate groups of run {run_key!r}")
+        run.save_view(rep_view, lambda ds: ds.match((F(g_) != None) & (F(k_) == True)).sort_by(g_),  # noqa: E711
+                      f"the member kept in each near-duplicate group of run {run_key!r}")
+        pair_list = [{"a": vids[int(r[0])], "b": vids[int(r[1])], "cosine": float(r[2]),
+                      "checks": [float(v) for v in r[3:]]} for r in pairs]
+        summary = run.commit(num_samples=len(ids), num_scored=len(vids), num_skipped=len(ids) - len(vids),
+                             num_pairs=len(pair_list), num_groups=int(len(np.unique(group[group >= 0]))),
+                             num_in_groups=int((group >= 0).sum()), num_to_drop=int((~keep_mask).sum()),
+                             saved_views=[dup_view, rep_view], tags=[dup_tag, rep_tag],
+                             seconds=time.perf_counter() - t0, pairs=pair_list)
     progress(1.0, "done")
     return {k_: v for k_, v in summary.items() if k_ != "pairs"}
 
 
 def _influence_signature(dataset, influence_run: str, ids: list[str]) -> torch.Tensor:
     """Unit-norm influence gradient sketches of ``ids`` (zeros for samples the influence run did not score)."""
-    cfg = runs.get_config(dataset, influence_run)
-    if cfg is None or cfg.get("method") != runs.METHOD_PREFIX + "ssl_influence":
-        raise ValueError(f"no influence run {influence_run!r}")
+    cfg = runs.require(dataset, influence_run, "ssl_influence", "compute_ssl_influence")
     path = os.path.join(cfg["artifacts"], "grad_sketch.npy")
     if not os.path.isfile(path):
         raise ValueError(f"influence run {influence_run!r} kept no gradient sketch (project_dim=0)")

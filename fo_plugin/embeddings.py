@@ -14,9 +14,9 @@ from collections.abc import Callable
 from dataclasses import asdict
 
 import fiftyone as fo
-from fiftyone import ViewField as F
+import numpy as np
 
-from . import runs
+from . import params, runs
 from .core import rng
 from .core.augment import AugmentConfig
 from .core.backbones import BackboneSpec, load_backbone
@@ -25,9 +25,10 @@ from .core.embed import embed_array
 from .core.images import iter_decoded
 from .core.models import ProxyConfig, save_proxy
 from .core.train import TrainConfig, train_proxy
-from .features import DecodedImages
+from .features import DecodedImages, canonical, valid_vectors
 
 METHOD = runs.METHOD_PREFIX + "ssl_embeddings"
+BACKBONES = ("proxy", "open_clip", "torchvision", "torchscript")
 Progress = Callable[[float, str], None]
 
 
@@ -52,7 +53,7 @@ def compute_ssl_embeddings(
     device: str = "auto",
     run_key: str | None = None,
     retrain: bool = False,
-    resume: bool = False,
+    resume: bool = True,
     overwrite: bool = False,
     progress: Progress | None = None,
 ) -> dict:
@@ -71,9 +72,9 @@ def compute_ssl_embeddings(
         batch_size (256): images per forward / training step.
         device ("auto"): ``"auto"``, ``"cpu"`` or ``"cuda"``.
         run_key (None): defaults to ``embeddings_field``.
-        retrain (False): train a new proxy even if the run already holds one with the same settings.
-        resume (False): after an interrupted run with the same model, embed only the samples it did not reach
-            (no embedding and no error yet).
+        retrain (False): train a new proxy even if the run already holds one for the same images and settings.
+        resume (True): after an interrupted attempt with identical inputs (model, images, settings), keep what it
+            embedded and embed only the rest (an interrupted proxy training resumes after its last epoch).
         overwrite (False): allow replacing a field this run did not write.
         progress (None): ``callback(fraction, label)``.
 
@@ -84,12 +85,19 @@ def compute_ssl_embeddings(
     dataset = samples._dataset
     run_key = runs.validate_name(run_key or embeddings_field, "run key")
     runs.validate_name(embeddings_field, "embeddings_field")
-    if backbone not in ("proxy", "open_clip", "torchvision", "torchscript"):
-        raise ValueError(f"unknown backbone {backbone!r}")
-    if batch_size < 2:
-        raise ValueError(f"batch_size must be at least 2, got {batch_size}")
-    if len(samples) == 0:
-        raise ValueError("the target view is empty: nothing to embed")
+    params.choice("backbone", backbone, BACKBONES)
+    epochs = params.integer("epochs", epochs, 1)
+    proxy_width = params.integer("proxy_width", proxy_width, 4)
+    seed = params.integer("seed", seed, 0)
+    batch_size = params.integer("batch_size", batch_size, 2)
+    image_size = params.integer("image_size", image_size, 8, none_ok=True)
+    if backbone == "open_clip" and not (checkpoint or pretrained):
+        raise ValueError("an open_clip backbone needs weights: a pretrained tag (cached) or checkpoint=<file>; "
+                         "a randomly initialised CLIP gives meaningless embeddings")
+    if backbone in ("torchvision", "torchscript") and not checkpoint:
+        raise ValueError(f"a {backbone} backbone needs checkpoint=<weights file>")
+    if checkpoint is not None and not os.path.isfile(checkpoint):
+        raise ValueError(f"checkpoint file not found: {checkpoint}")
     dev = resolve_device(device)
     aug = augment if isinstance(augment, AugmentConfig) else AugmentConfig.from_dict(augment or {})
     if backbone == "proxy":
@@ -97,65 +105,67 @@ def compute_ssl_embeddings(
         aug = AugmentConfig.from_dict({**aug.to_dict(), "size": image_size})
     train_cfg = TrainConfig(epochs=epochs, batch_size=batch_size, seed=seed, augment=aug)
     error_field = embeddings_field + "_error"
-    ids, paths = samples.values(["id", "filepath"])
-    timings = {}
-
-    old = runs.get_config(dataset, run_key)
-    ckpt_path, trained = checkpoint, False
-    if backbone == "proxy" and checkpoint is None:
-        ckpt_path = os.path.join(runs.run_dir(dataset, run_key), "proxy.pt")
-        reuse = (not retrain and old is not None and old.get("train") == _train_dict(train_cfg, proxy_width)
-                 and os.path.isfile(ckpt_path))
-        trained = not reuse
-    spec = BackboneSpec(backbone, model_name, ckpt_path, pretrained, image_size)
-    num_done = 0
-    if resume and not trained and old is not None and old.get("backbone") == spec.to_dict() \
-            and embeddings_field in dataset.get_field_schema():
-        todo = samples.match((F(embeddings_field) == None) & (F(error_field) == None))  # noqa: E711
-        num_done = len(ids) - len(todo)
-        ids, paths = todo.values(["id", "filepath"])
-
-    config = {"embeddings_field": embeddings_field, "error_field": error_field, "backbone": spec.to_dict(),
-              "train": _train_dict(train_cfg, proxy_width) if backbone == "proxy" else None,
+    training = backbone == "proxy" and checkpoint is None
+    ids, paths = canonical(samples)
+    train = _train_dict(train_cfg, proxy_width) if training else None
+    model_id = train if training else {**BackboneSpec(backbone, model_name, None, pretrained, image_size).to_dict(),
+                                       "weights": runs.file_hash(checkpoint) if checkpoint else None}
+    config = {"embeddings_field": embeddings_field, "error_field": error_field, "train": train,
               "device": str(dev), "batch_size": batch_size, "view_stages": json.dumps(samples.view()._serialize())}
-    runs.start_run(dataset, run_key, METHOD, [embeddings_field, error_field], config, overwrite=overwrite)
+    run = runs.Run(samples, run_key, "ssl_embeddings",
+                   {"embedding": (embeddings_field, fo.VectorField, {}), "error": (error_field, fo.StringField, {})},
+                   config, fingerprint_parts=(model_id, ids), overwrite=overwrite, minimum=2 if training else 1,
+                   what="SSL embeddings" + (" (proxy training)" if training else ""))
+    timings = {}
+    with run:
+        ckpt_path, trained, history = checkpoint, False, []
+        if training:
+            ckpt_path = os.path.join(run.artifacts, "proxy.pt")
+            if retrain and os.path.isfile(ckpt_path):
+                os.remove(ckpt_path)
+            if not os.path.isfile(ckpt_path):
+                t0 = time.perf_counter()
+                history = _train(dataset, ids, paths, train_cfg, proxy_width, dev, ckpt_path, run.artifacts,
+                                 lambda f, s: progress(0.8 * f, s))
+                timings["train_s"] = time.perf_counter() - t0
+                trained = True
+        spec = BackboneSpec(backbone, model_name, ckpt_path, pretrained, image_size)
+        done = {}
+        if resume and run.resumed:  # an interrupted attempt with identical inputs: keep what it embedded
+            done = {**run.staged_values("error"), **run.staged_values("embedding")}
+        todo = [n for n, i in enumerate(ids) if i not in done]
 
-    runs.ensure_field(dataset, embeddings_field, fo.VectorField)
-    runs.ensure_field(dataset, error_field, fo.StringField)
-    history = []
-    if trained:
         t0 = time.perf_counter()
-        history = _train(dataset, ids, paths, train_cfg, proxy_width, dev, ckpt_path,
-                         lambda f, s: progress(0.8 * f, s))
-        timings["train_s"] = time.perf_counter() - t0
-
-    t0 = time.perf_counter()
-    net = load_backbone(spec).to(dev)
-    num_ok, num_failed, dim = 0, 0, None
-    base = 0.8 if trained else 0.0
-    for start, images, ok, errors in iter_decoded(paths, net.image_size, batch_size=max(batch_size, 256)):
-        chunk_ids = ids[start:start + len(images)]
-        emb = embed_array(net, images[ok], net.image_size, dev, batch_size) if ok.any() else None
-        values, j = {}, 0
-        for i, sid in enumerate(chunk_ids):
-            values[sid] = emb[j] if ok[i] else None
-            j += int(ok[i])
-        dataset.set_values(embeddings_field, values, key_field="id")
-        dataset.set_values(error_field, dict(zip(chunk_ids, errors)), key_field="id")
-        num_ok += int(ok.sum())
-        num_failed += int((~ok).sum())
-        dim = dim or (emb.shape[1] if emb is not None else None)
-        done = start + len(images)
-        progress(base + (1 - base) * done / max(len(paths), 1), f"embedded {done}/{len(paths)} images")
-    timings["embed_s"] = time.perf_counter() - t0
-
-    summary = {"run_key": run_key, "embeddings_field": embeddings_field, "error_field": error_field,
-               "num_samples": len(ids) + num_done, "num_embedded": num_ok, "num_failed": num_failed,
-               "num_resumed_over": num_done, "embedding_dim": dim,
-               "trained_proxy": trained, "checkpoint": ckpt_path, "device": str(dev), "timings": timings,
-               "train_history": history}
-    runs.finish_run(dataset, run_key, **summary)
-    return summary
+        net = load_backbone(spec).to(dev)
+        num_ok, num_failed, dim = 0, 0, None
+        base = 0.8 if trained else 0.0
+        tpaths = [paths[n] for n in todo]
+        for start, images, ok, errors in iter_decoded(tpaths, net.image_size, batch_size=max(batch_size, 256)):
+            chunk_ids = [ids[n] for n in todo[start:start + len(images)]]
+            emb, good = None, ok.copy()
+            if ok.any():
+                got = embed_array(net, images[ok], net.image_size, dev, batch_size)
+                emb = np.zeros((len(images), got.shape[1]), np.float32)
+                emb[ok] = got
+                good &= valid_vectors(emb)
+            errors = [e if e or g else "the model gave a non-finite or all-zero embedding"
+                      for e, g in zip(errors, good)]
+            run.write("embedding", chunk_ids, [emb[i] if good[i] else None for i in range(len(chunk_ids))])
+            run.write("error", chunk_ids, errors)
+            num_ok += int(good.sum())
+            num_failed += int((~good).sum())
+            dim = dim or (emb.shape[1] if good.any() else None)
+            progress(base + (1 - base) * (start + len(images)) / max(len(tpaths), 1),
+                     f"embedded {start + len(images)}/{len(tpaths)} images")
+        timings["embed_s"] = time.perf_counter() - t0
+        if done:
+            num_ok += sum(1 for i in ids if i in done and done[i] is not None and not isinstance(done[i], str))
+            num_failed = len(ids) - num_ok
+        run.config["backbone"] = spec.to_dict()
+        return run.commit(embeddings_field=embeddings_field, error_field=error_field, num_samples=len(ids),
+                          num_embedded=num_ok, num_failed=num_failed, num_resumed_over=len(done),
+                          embedding_dim=dim, trained_proxy=trained, checkpoint=ckpt_path, device=str(dev),
+                          timings=timings, train_history=history)
 
 
 def _train_dict(cfg: TrainConfig, width: int) -> dict:
@@ -165,13 +175,18 @@ def _train_dict(cfg: TrainConfig, width: int) -> dict:
     return d
 
 
-def _train(dataset, ids, paths, cfg: TrainConfig, width: int, dev, ckpt_path: str, progress: Progress) -> list:
-    """Decode the target images once (bounded memory), train, save the checkpoint."""
-    with DecodedImages(paths, ids, cfg.augment.size, runs.cache_root()) as pool:
+def _train(dataset, ids, paths, cfg: TrainConfig, width: int, dev, ckpt_path: str, folder: str,
+           progress: Progress) -> list:
+    """Decode the target images once (bounded memory), train (resuming an interrupted training of the same
+    inputs from its last epoch), save the checkpoint atomically."""
+    with DecodedImages(paths, ids, cfg.augment.size, folder) as pool:
         if len(pool.ids) < 2:
-            raise ValueError(f"only {len(pool.ids)} of {len(paths)} images could be decoded: cannot train a proxy")
+            raise ValueError(f"proxy training needs at least 2 readable images; {len(pool.ids)} of {len(paths)} "
+                             "could be decoded (see the error field after embedding)")
         model, history = train_proxy(pool.subset(), rng.sample_keys(pool.ids), cfg, dev,
-                                     ProxyConfig(width=width, image_size=cfg.augment.size), progress)
-    save_proxy(model.cpu(), ckpt_path, extra={"train": _train_dict(cfg, width), "history": history,
-                                             "num_train_images": len(pool.ids), "dataset": dataset.name})
+                                     ProxyConfig(width=width, image_size=cfg.augment.size), progress,
+                                     state_path=os.path.join(folder, "train_state.pt"))
+    save_proxy(model.cpu(), ckpt_path + ".tmp", extra={"train": _train_dict(cfg, width), "history": history,
+                                                      "num_train_images": len(pool.ids), "dataset": dataset.name})
+    os.replace(ckpt_path + ".tmp", ckpt_path)
     return history

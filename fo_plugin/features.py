@@ -66,15 +66,14 @@ def canonical(samples: fo.core.collections.SampleCollection) -> tuple[list[str],
 
 
 def embeddings_run_config(dataset: fo.Dataset, run_key: str) -> dict:
-    """The config of ssl_embeddings run ``run_key``, with a clear error if there is none."""
-    cfg = runs.get_config(dataset, run_key)
-    if cfg is None or cfg.get("method") != runs.METHOD_PREFIX + "ssl_embeddings":
-        have = runs.list_runs(dataset, "ssl_embeddings")
-        raise ValueError(f"no SSL embeddings run {run_key!r} on dataset {dataset.name!r} "
-                         f"(runs: {have or 'none'}); run compute_ssl_embeddings first")
-    if cfg.get("status") != "complete":
-        raise ValueError(f"embeddings run {run_key!r} did not complete; run compute_ssl_embeddings again")
-    return cfg
+    """The config of a complete ssl_embeddings run ``run_key``, with a clear error if there is none."""
+    return runs.require(dataset, run_key, "ssl_embeddings", "compute_ssl_embeddings")
+
+
+def valid_vectors(z: np.ndarray) -> np.ndarray:
+    """Rows that can be used as embeddings: finite and not all zero, (N,) bool."""
+    z = np.asarray(z)
+    return np.isfinite(z).all(axis=1) & (np.abs(z).sum(axis=1) > 0)
 
 
 def load_run_model(dataset: fo.Dataset, run_key: str, device: torch.device) -> tuple[Backbone, AugmentConfig]:
@@ -117,22 +116,43 @@ def project_views(net: Backbone, paths: list[str], keys: torch.Tensor, num_views
 
 
 def field_vectors(samples: fo.core.collections.SampleCollection, field: str, ids: list[str]
-                  ) -> tuple[torch.Tensor, np.ndarray]:
-    """Stored vectors of ``field`` in the order of ``ids`` as (1, N, D), with a mask of samples that have one."""
+                  ) -> tuple[torch.Tensor, np.ndarray, dict[str, str]]:
+    """Stored vectors of ``field`` in the order of ``ids`` as (1, N, D), the mask of usable rows, and why each
+    unusable sample was rejected (no value, wrong dimension, NaN / inf, all zero): a bad vector is never
+    propagated into a score. The field's run, when one of ours wrote it, must be complete."""
+    dataset = samples._dataset
     schema = samples.get_field_schema()
     if field not in schema:
         raise ValueError(f"field {field!r} does not exist")
     if not isinstance(schema[field], (fo.VectorField, fo.ArrayField, fo.ListField)):
         raise ValueError(f"field {field!r} is a {type(schema[field]).__name__}, not a vector field")
+    owner = runs.field_owner(dataset, field)
+    if owner is not None:
+        cfg = runs.get_config(dataset, owner)
+        runs.require(dataset, owner, cfg["method"][len(runs.METHOD_PREFIX):], f"the {owner!r} run")
     by_id = dict(zip(*samples.values(["id", field])))
     vals = [by_id.get(i) for i in ids]
-    dim = next((len(v) for v in vals if v is not None), None)
-    if dim is None:
-        raise ValueError(f"no sample in the target view has a value in field {field!r}")
-    ok = np.array([v is not None and len(v) == dim for v in vals])
+    dims = [len(v) if v is not None and np.ndim(v) == 1 else -1 for v in vals]
+    known = [d for d in dims if d > 0]
+    if not known:
+        raise ValueError(f"no sample in the target view has a vector in field {field!r}")
+    dim = max(set(known), key=known.count)  # the common dimension; others are rejected
     z = np.zeros((len(ids), dim), dtype=np.float32)
-    z[ok] = np.stack([np.asarray(v, dtype=np.float32) for v, o in zip(vals, ok) if o])
-    return torch.as_tensor(z)[None], ok
+    rejected: dict[str, str] = {}
+    for n, (v, d) in enumerate(zip(vals, dims)):
+        if v is None:
+            rejected[ids[n]] = f"no value in {field!r}"
+        elif d != dim:
+            rejected[ids[n]] = f"{field!r} has dimension {d}, expected {dim}"
+        else:
+            z[n] = np.asarray(v, dtype=np.float32)
+    ok = np.array([i not in rejected for i in ids])
+    bad = ok & ~valid_vectors(z)
+    for n in np.flatnonzero(bad):
+        rejected[ids[n]] = f"{field!r} holds a NaN / inf or all-zero vector"
+    ok &= ~bad
+    z[~ok] = 0
+    return torch.as_tensor(z)[None], ok, rejected
 
 
 def is_categorical(ftype) -> bool:

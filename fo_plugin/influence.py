@@ -13,8 +13,9 @@ from collections.abc import Callable
 import fiftyone as fo
 import numpy as np
 import torch
+from fiftyone import ViewField as F
 
-from . import runs
+from . import params, runs
 from .core.device import resolve_device
 from .core.ekfac import EKFAC
 from .core.influence import (
@@ -41,7 +42,12 @@ def _noop(_f: float, _label: str) -> None:
 
 def influence_fields(run_key: str) -> dict[str, str]:
     """The sample fields an influence run writes (prefixed with its key)."""
-    return {k: f"{run_key}_{k}" for k in ("self_influence", "rank", "percentile", "aug_loss", "dup_of", "dup_score")}
+    return {k: f"{run_key}_{k}" for k in ("self_influence", "rank", "percentile", "aug_loss", "dup_of", "dup_score",
+                                          "error")}
+
+
+FIELD_TYPES = {"self_influence": fo.FloatField, "rank": fo.IntField, "percentile": fo.FloatField,
+               "aug_loss": fo.FloatField, "dup_of": fo.StringField, "dup_score": fo.FloatField, "error": fo.StringField}
 
 
 def _config(cfg: dict | None, **overrides) -> InfluenceConfig:
@@ -90,101 +96,103 @@ def compute_ssl_influence(
     progress = progress or _noop
     dataset = samples._dataset
     runs.validate_name(run_key, "run key")
-    if curvature not in CURVATURES:
-        raise ValueError(f"curvature must be one of {CURVATURES}, got {curvature!r}")
-    if output not in OUTPUTS:
-        raise ValueError(f"output must be one of {OUTPUTS}, got {output!r}")
-    if not isinstance(num_augs, int) or num_augs < 1:
-        raise ValueError(f"num_augs must be an integer >= 1, got {num_augs!r}")
-    if damping is not None and damping < 0:
-        raise ValueError(f"damping must be >= 0, got {damping}")
-    if len(samples) == 0:
-        raise ValueError("the target view is empty: nothing to score")
+    params.choice("curvature", curvature, CURVATURES)
+    params.choice("output", output, OUTPUTS)
+    num_augs = params.integer("num_augs", num_augs, 1)
+    damping = params.number("damping", damping, 0, none_ok=True)
+    seed = params.integer("seed", seed, 0)
+    fit_max_examples = params.integer("fit_max_examples", fit_max_examples, 2, none_ok=True)
+    project_dim = params.integer("project_dim", project_dim, 0)
+    batch_size = params.integer("batch_size", batch_size, 1)
     dev = resolve_device(device)
-    net, aug = load_run_model(dataset, embeddings_run, dev)
-    cfg = InfluenceConfig(num_augs=num_augs, output=output, curvature=curvature, damping=damping, seed=seed,
-                          augment=aug)
-    f = SSLOutput(net, output).eval()
+    ecfg = runs.require(dataset, embeddings_run, "ssl_embeddings", "compute_ssl_embeddings")
     names = influence_fields(run_key)
-    rdir = runs.run_dir(dataset, run_key)
-    config = {"embeddings_run": embeddings_run, "backbone": net.spec.to_dict(), "influence": cfg.to_dict(),
-              "fit_max_examples": fit_max_examples, "project_dim": project_dim, "device": str(dev),
-              "artifacts": rdir}
-    runs.start_run(dataset, run_key, METHOD, list(names.values()), config, overwrite=overwrite)
-    runs.ensure_field(dataset, names["dup_of"], fo.StringField)
-    runs.ensure_field(dataset, names["dup_score"], fo.FloatField)
-
-    t0 = time.perf_counter()
     ids, paths = canonical(samples)
-    pool = DecodedImages(paths, ids, net.image_size, rdir)
-    try:
-        n = len(pool.ids)
-        if n == 0:
-            raise ValueError("none of the target images could be decoded")
-        loss = torch.cat([aug_losses(f, x, cfg).cpu() for x in pool.batches(dev, 256)]).numpy()
-        progress(0.1, "augmentation losses")
+    settings = {"embeddings_run": embeddings_run, "num_augs": num_augs, "output": output, "curvature": curvature,
+                "damping": damping, "seed": seed, "fit_max_examples": fit_max_examples, "project_dim": project_dim}
+    run = runs.Run(samples, run_key, "ssl_influence", {k: (v, FIELD_TYPES[k], {}) for k, v in names.items()},
+                   {**settings, "device": str(dev)}, fingerprint_parts=(settings, ecfg.get("fingerprint"), ids),
+                   overwrite=overwrite, minimum=2, what="influence")
+    with run:
+        net, aug = load_run_model(dataset, embeddings_run, dev)
+        cfg = InfluenceConfig(num_augs=num_augs, output=output, curvature=curvature, damping=damping, seed=seed,
+                              augment=aug)
+        f = SSLOutput(net, output).eval()
+        rdir = run.artifacts
+        run.config.update(backbone=net.spec.to_dict(), influence=cfg.to_dict())
+        t0 = time.perf_counter()
+        pool = DecodedImages(paths, ids, net.image_size, rdir)
+        try:
+            n = len(pool.ids)
+            if n < 2:
+                raise ValueError(f"influence needs at least 2 readable images; {n} of {len(ids)} could be decoded")
+            loss = torch.cat([aug_losses(f, x, cfg).cpu() for x in pool.batches(dev, 256)]).numpy()
+            progress(0.1, "augmentation losses")
 
-        diag, lam, sketch = None, None, None
-        if curvature == "diagonal":
-            diag, lam = fit_diagonal(f, lambda: pool.batches(dev, batch_size), cfg)
-            torch.save({"diag": diag.cpu(), "damping": lam}, os.path.join(rdir, "diagonal.pt"))
-            progress(0.4, "diagonal Fisher fitted")
-        scale = preconditioner(cfg, diag, lam)
-        n_params = sum(p.numel() for name, p in f.named_parameters() if name in set(tracked_parameters(f)))
-        if project_dim:
-            sketch = CountSketch(n_params, project_dim, seed, dev)
-        si, sketches = np.zeros(n), []
-        for b, x in enumerate(pool.batches(dev, batch_size)):
-            if curvature != "ekfac" or sketch is not None:
-                g = per_example_grads(f, x, cfg)
-                g = g * scale if scale is not None else g
-                if curvature != "ekfac":
-                    si[b * batch_size:b * batch_size + len(g)] = g.double().pow(2).sum(1).cpu().numpy()
-                if sketch is not None:
-                    sketches.append(sketch(g).cpu())
-            progress(0.4 + 0.3 * min(1.0, (b + 1) * batch_size / n), "per-example gradients")
-        if curvature == "ekfac":
-            ek = EKFAC(f, cfg, os.path.join(rdir, "kronfluence"), dev, batch_size)
-            progress(0.7, "fitting EK-FAC factors")
-            images = pool.subset()
-            ek.fit(images, fit_max_examples)
-            progress(0.85, "EK-FAC self-influence")
-            si = ek.self_influence(images)
-            lam = cfg.damping
-    finally:
-        pool.close()
+            diag, lam, sketch = None, None, None
+            if curvature == "diagonal":
+                diag, lam = fit_diagonal(f, lambda: pool.batches(dev, batch_size), cfg)
+                torch.save({"diag": diag.cpu(), "damping": lam}, os.path.join(rdir, "diagonal.pt"))
+                progress(0.4, "diagonal Fisher fitted")
+            scale = preconditioner(cfg, diag, lam)
+            tracked = set(tracked_parameters(f))
+            n_params = sum(p.numel() for name, p in f.named_parameters() if name in tracked)
+            if project_dim:
+                sketch = CountSketch(n_params, project_dim, seed, dev)
+            si, sketches = np.zeros(n), []
+            for b, x in enumerate(pool.batches(dev, batch_size)):
+                if curvature != "ekfac" or sketch is not None:
+                    g = per_example_grads(f, x, cfg)
+                    g = g * scale if scale is not None else g
+                    if curvature != "ekfac":
+                        si[b * batch_size:b * batch_size + len(g)] = g.double().pow(2).sum(1).cpu().numpy()
+                    if sketch is not None:
+                        sketches.append(sketch(g).cpu())
+                progress(0.4 + 0.3 * min(1.0, (b + 1) * batch_size / n), "per-example gradients")
+            if curvature == "ekfac":
+                ek = EKFAC(f, cfg, os.path.join(rdir, "kronfluence"), dev, batch_size)
+                progress(0.7, "fitting EK-FAC factors")
+                images = pool.subset()
+                ek.fit(images, fit_max_examples)
+                progress(0.85, "EK-FAC self-influence")
+                si = ek.self_influence(images)
+                lam = cfg.damping
+            if not np.isfinite(si).all() or not np.isfinite(loss).all():
+                raise FloatingPointError("influence scores are not finite (the model or its gradients hold NaN)")
+        finally:
+            pool.close()
 
-    rank = np.empty(n, dtype=np.int64)
-    rank[np.lexsort((np.arange(n), -si))] = np.arange(n)
-    pct = 100.0 * (1 - rank / max(n - 1, 1))
-    columns = {"self_influence": si, "rank": rank, "percentile": pct, "aug_loss": loss}
-    pairs, dup_of, dup_score = [], [None] * n, [None] * n
-    if sketches:
-        z = torch.cat(sketches)
-        np.save(os.path.join(rdir, "grad_sketch.npy"), z.numpy())
-        with open(os.path.join(rdir, "grad_sketch_ids.txt"), "w") as fh:
-            fh.write("\n".join(pool.ids))
-        nn_idx, nn_sim = _nearest_by_cosine(z.to(dev))
-        dup_of = [pool.ids[j] for j in nn_idx]
-        dup_score = nn_sim.tolist()
-        order = np.argsort(-nn_sim)
-        seen = set()
-        for i in order:
-            pair = tuple(sorted((pool.ids[i], pool.ids[nn_idx[i]])))
-            if pair not in seen:
-                seen.add(pair)
-                pairs.append({"a": pair[0], "b": pair[1], "cosine": float(nn_sim[i])})
-            if len(pairs) >= 1000:
-                break
-    for k, v in columns.items():
-        dataset.set_values(names[k], dict(zip(pool.ids, np.asarray(v).tolist())), key_field="id")
-    dataset.set_values(names["dup_of"], dict(zip(pool.ids, dup_of)), key_field="id")
-    dataset.set_values(names["dup_score"], dict(zip(pool.ids, dup_score)), key_field="id")
-
-    summary = {"run_key": run_key, "fields": list(names.values()), "num_samples": len(ids), "num_scored": n,
-               "num_skipped": len(ids) - n, "curvature": curvature, "damping": lam, "num_params": int(n_params),
-               "device": str(dev), "seconds": time.perf_counter() - t0, "pairs": pairs[:1000]}
-    runs.finish_run(dataset, run_key, **summary)
+        rank = np.empty(n, dtype=np.int64)
+        rank[np.lexsort((np.arange(n), -si))] = np.arange(n)
+        pct = 100.0 * (1 - rank / max(n - 1, 1))
+        columns = {"self_influence": si, "rank": rank, "percentile": pct, "aug_loss": loss}
+        pairs, dup_of, dup_score = [], [None] * n, [None] * n
+        if sketches:
+            z = torch.cat(sketches)
+            np.save(os.path.join(rdir, "grad_sketch.npy"), z.numpy())
+            with open(os.path.join(rdir, "grad_sketch_ids.txt"), "w") as fh:
+                fh.write("\n".join(pool.ids))
+            nn_idx, nn_sim = _nearest_by_cosine(z.to(dev))
+            dup_of = [pool.ids[j] for j in nn_idx]
+            dup_score = nn_sim.tolist()
+            seen = set()
+            for i in np.argsort(-nn_sim):
+                pair = tuple(sorted((pool.ids[i], pool.ids[nn_idx[i]])))
+                if pair not in seen:
+                    seen.add(pair)
+                    pairs.append({"a": pair[0], "b": pair[1], "cosine": float(nn_sim[i])})
+                if len(pairs) >= 1000:
+                    break
+        for k, v in columns.items():
+            run.write(k, pool.ids, np.asarray(v).tolist())
+        run.write("dup_of", pool.ids, dup_of)
+        run.write("dup_score", pool.ids, dup_score)
+        scored = set(pool.ids)
+        bad = [i for i in ids if i not in scored]
+        run.write("error", bad, ["the image could not be decoded"] * len(bad))
+        summary = run.commit(fields=list(names.values()), num_samples=len(ids), num_scored=n,
+                             num_skipped=len(ids) - n, curvature=curvature, damping=lam, num_params=int(n_params),
+                             device=str(dev), seconds=time.perf_counter() - t0, pairs=pairs[:1000])
     progress(1.0, f"scored {n} samples")
     return {k: v for k, v in summary.items() if k != "pairs"}
 
@@ -236,62 +244,56 @@ def find_influential_training_samples(
     runs.validate_name(run_key, "run key")
     if not query_ids:
         raise ValueError("select at least one query sample")
-    if k < 1:
-        raise ValueError(f"k must be >= 1, got {k}")
-    if method not in ("exact", "projected"):
-        raise ValueError(f"method must be 'exact' or 'projected', got {method!r}")
-    icfg = runs.get_config(dataset, influence_run)
-    if icfg is None or icfg.get("method") != METHOD:
-        raise ValueError(f"no influence run {influence_run!r} on dataset {dataset.name!r}; run compute_ssl_influence")
+    k = params.integer("k", k, 1)
+    params.choice("method", method, ("exact", "projected"))
+    batch_size = params.integer("batch_size", batch_size, 1)
+    icfg = runs.require(dataset, influence_run, "ssl_influence", "compute_ssl_influence")
     cfg = _config(icfg["influence"])
     if method == "projected" and cfg.curvature == "ekfac":
         raise ValueError("method='projected' needs an identity or diagonal influence run; EK-FAC runs use 'exact'")
+    query_ids = list(dict.fromkeys(query_ids))
+    found = dataset.select(query_ids)
+    qids, qpaths = found.values(["id", "filepath"])
+    if len(qids) != len(query_ids):
+        missing = sorted(set(query_ids) - set(qids))
+        raise ValueError(f"{len(missing)} query id(s) are not samples of dataset {dataset.name!r}: {missing[:3]}")
     dev = resolve_device(device)
-    net, _ = load_run_model(dataset, icfg["embeddings_run"], dev)
-    f = SSLOutput(net, cfg.output).eval()
-    rdir = icfg["artifacts"]
     field = f"{run_key}_influence"
-    config = {"influence_run": influence_run, "query_ids": list(query_ids), "k": k, "score_method": method,
-              "saved_views": []}
-    runs.start_run(dataset, run_key, QUERY_METHOD, [field], config, overwrite=overwrite)
-
-    ids, paths = canonical(samples)
-    qpaths = dataset.select(list(query_ids)).values("filepath")
-    if len(qpaths) != len(query_ids):
-        raise ValueError("some query ids are not samples of this dataset")
-    qids = dataset.select(list(query_ids)).values("id")
-    qpool = DecodedImages(qpaths, qids, net.image_size, rdir)
-    pool = DecodedImages(paths, ids, net.image_size, rdir)
-    try:
-        if len(qpool.ids) == 0:
-            raise ValueError("none of the query images could be decoded")
-        if cfg.curvature == "ekfac":
-            ek = EKFAC(f, cfg, os.path.join(rdir, "kronfluence"), dev, batch_size)
-            scores = ek.pairwise(qpool.subset(), pool.subset())
-        elif method == "projected":
-            scores = _projected_scores(rdir, qpool, pool.ids)
-        else:
-            scores = _streamed_scores(rdir, f, qpool, pool, cfg, dev, batch_size, progress)
-    finally:
-        qpool.close()
-        pool.close()
-    score = scores.mean(0)  # (N,) mean over queries
-    dataset.set_values(field, dict(zip(pool.ids, score.tolist())), key_field="id")
-
-    base = dataset.select(pool.ids)
-    views = {f"{run_key}: proponents": base.sort_by(field).limit(k),
-             f"{run_key}: opponents": base.sort_by(field, reverse=True).limit(k)}
-    for name, view in views.items():
-        dataset.save_view(name, view, description=f"influence on {len(qids)} query sample(s)", overwrite=True)
-    rc = dataset.get_run_info(run_key).config
-    rc.saved_views = list(views)
-    dataset.update_run_config(run_key, rc)
-    order = np.argsort(score)
-    summary = {"run_key": run_key, "field": field, "num_queries": len(qids), "num_train": len(pool.ids),
-               "proponents": [pool.ids[i] for i in order[:k]], "opponents": [pool.ids[i] for i in order[::-1][:k]],
-               "saved_views": list(views)}
-    runs.finish_run(dataset, run_key, **summary)
-    return summary
+    config = {"influence_run": influence_run, "query_ids": list(query_ids), "k": k, "score_method": method}
+    run = runs.Run(samples, run_key, "influence_query", {"influence": (field, fo.FloatField, {})}, config,
+                   fingerprint_parts=(config, icfg.get("fingerprint"), samples.values("id")), overwrite=overwrite,
+                   what="train-to-sample influence")
+    with run:
+        net, _ = load_run_model(dataset, icfg["embeddings_run"], dev)
+        f = SSLOutput(net, cfg.output).eval()
+        rdir = icfg["artifacts"]
+        ids, paths = canonical(samples)
+        qpool = DecodedImages(qpaths, qids, net.image_size, run.artifacts)
+        pool = DecodedImages(paths, ids, net.image_size, run.artifacts)
+        try:
+            if len(qpool.ids) == 0:
+                raise ValueError("none of the query images could be decoded")
+            if cfg.curvature == "ekfac":
+                ek = EKFAC(f, cfg, os.path.join(rdir, "kronfluence"), dev, batch_size)
+                scores = ek.pairwise(qpool.subset(), pool.subset())
+            elif method == "projected":
+                scores = _projected_scores(rdir, qpool, pool.ids)
+            else:
+                scores = _streamed_scores(rdir, f, qpool, pool, cfg, dev, batch_size, progress)
+        finally:
+            qpool.close()
+            pool.close()
+        score = scores.mean(0)  # (N,) mean over queries
+        run.write("influence", pool.ids, score.tolist())
+        views = [f"{run_key}: proponents", f"{run_key}: opponents"]
+        desc = f"influence on {len(qids)} query sample(s)"
+        run.save_view(views[0], lambda ds: ds.match(F(field) != None).sort_by(field).limit(k), desc)  # noqa: E711
+        run.save_view(views[1], lambda ds: ds.match(F(field) != None).sort_by(field, reverse=True).limit(k),  # noqa: E711
+                      desc)
+        order = np.argsort(score)
+        return run.commit(field=field, num_queries=len(qids), num_train=len(pool.ids),
+                          proponents=[pool.ids[i] for i in order[:k]],
+                          opponents=[pool.ids[i] for i in order[::-1][:k]], saved_views=views)
 
 
 def _streamed_scores(rdir, f, qpool, pool, cfg, dev, batch_size, progress) -> np.ndarray:

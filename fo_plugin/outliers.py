@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from fiftyone import ViewField as F
 
-from . import runs
+from . import params, runs
 from .core.outliers import SCALES, outlier_scores
 from .features import canonical, field_vectors
 
@@ -19,7 +19,10 @@ METHOD = runs.METHOD_PREFIX + "outliers"
 
 
 def outlier_fields(run_key: str) -> dict[str, str]:
-    return {k: f"{run_key}_{k}" for k in ("score", "knn", "flag")}
+    return {k: f"{run_key}_{k}" for k in ("score", "knn", "flag", "error")}
+
+
+FIELD_TYPES = {"score": fo.FloatField, "knn": fo.FloatField, "flag": fo.BooleanField, "error": fo.StringField}
 
 
 def _names(run_key: str) -> tuple[str, str]:
@@ -54,46 +57,53 @@ def find_outliers(
     runs.validate_name(run_key, "run key")
     if (fraction is None) == (threshold is None):
         raise ValueError("give exactly one of fraction (top share to flag) or threshold (score cut-off)")
-    if fraction is not None and not 0 <= fraction <= 1:
-        raise ValueError(f"fraction must be in [0, 1], got {fraction}")
-    if len(samples) < 3:
-        raise ValueError("outlier scores need at least 3 samples in the target view")
-    t0 = time.perf_counter()
-    ids, _ = canonical(samples)
-    z, ok = field_vectors(samples, embeddings_field, ids)
-    valid = np.flatnonzero(ok)
-    vids = [ids[i] for i in valid]
-    extra = None
+    fraction = params.number("fraction", fraction, 0, 1, none_ok=True)
+    threshold = params.number("threshold", threshold, 0, 1, none_ok=True)
+    scales = tuple(params.integer("scales", s, 1) for s in scales)
     if influence_run:
-        field = f"{influence_run}_self_influence"
-        if field not in samples.get_field_schema():
-            raise ValueError(f"no field {field!r}: run compute_ssl_influence with run key {influence_run!r} first")
-        by_id = dict(zip(samples.values("id"), samples.values(field)))
-        extra = {"self_influence": np.array([by_id.get(i) or 0.0 for i in vids])}
-    parts = outlier_scores(z[0, torch.as_tensor(valid)], scales, extra)
-    score = parts["score"]
-    flag = score >= threshold if threshold is not None else _top(score, fraction)
-    progress(0.6, f"{int(flag.sum())} outliers flagged")
-
+        runs.require(dataset, influence_run, "ssl_influence", "compute_ssl_influence")
     names = outlier_fields(run_key)
     tag, view_name = _names(run_key)
     config = {"embeddings_field": embeddings_field, "scales": list(scales), "influence_run": influence_run,
-              "fraction": fraction, "threshold": threshold, "tags": [tag], "saved_views": [view_name]}
-    runs.start_run(dataset, run_key, METHOD, list(names.values()), config, overwrite=overwrite)
-    dataset.untag_samples(tag)
-    dataset.set_values(names["score"], dict(zip(vids, score.tolist())), key_field="id")
-    dataset.set_values(names["knn"], dict(zip(vids, parts["knn"].astype(float).tolist())), key_field="id")
-    dataset.set_values(names["flag"], dict(zip(vids, flag.tolist())), key_field="id")
-    dataset.select([i for i, f in zip(vids, flag) if f]).tag_samples(tag)
-    dataset.save_view(view_name, dataset.match(F(names["flag"]) == True).sort_by(names["score"], reverse=True),
-                      overwrite=True, description=f"flagged by outlier run {run_key!r}, most unusual first")
-    counts, edges = np.histogram(score, bins=20, range=(0, 1))
-    cut = float(threshold if threshold is not None else (score[flag].min() if flag.any() else 1.0))
-    summary = {"run_key": run_key, "num_samples": len(ids), "num_scored": len(vids),
-               "num_skipped": len(ids) - len(vids), "num_flagged": int(flag.sum()), "cutoff": cut,
-               "histogram": {"counts": counts.tolist(), "edges": edges.tolist()}, "saved_views": [view_name],
-               "tags": [tag], "seconds": time.perf_counter() - t0}
-    runs.finish_run(dataset, run_key, **summary)
+              "fraction": fraction, "threshold": threshold}
+    run = runs.Run(samples, run_key, "outliers", {k: (v, FIELD_TYPES[k], {}) for k, v in names.items()}, config,
+                   overwrite=overwrite, minimum=3, what="outlier scores")
+    with run:
+        t0 = time.perf_counter()
+        ids, _ = canonical(samples)
+        z, ok, rejected = field_vectors(samples, embeddings_field, ids)
+        extra = None
+        if influence_run:
+            field = f"{influence_run}_self_influence"
+            by_id = dict(zip(*samples.values(["id", field])))
+            for i in ids:
+                if by_id.get(i) is None and i not in rejected:
+                    rejected[i] = f"no self-influence in {field!r}"
+            ok = np.array([i not in rejected for i in ids])
+        valid = np.flatnonzero(ok)
+        vids = [ids[i] for i in valid]
+        if len(vids) < 3:
+            raise ValueError(f"outlier scores need at least 3 samples with a usable embedding; {len(vids)} have one")
+        if influence_run:
+            extra = {"self_influence": np.array([by_id[i] for i in vids], dtype=float)}
+        parts = outlier_scores(z[0, torch.as_tensor(valid)], scales, extra)
+        score = parts["score"]
+        flag = score >= threshold if threshold is not None else _top(score, fraction)
+        progress(0.6, f"{int(flag.sum())} outliers flagged")
+        run.write("score", vids, score.tolist())
+        run.write("knn", vids, parts["knn"].astype(float).tolist())
+        run.write("flag", vids, flag.tolist())
+        run.write("error", list(rejected), list(rejected.values()))
+        f_, s_ = names["flag"], names["score"]
+        run.tag(tag, lambda ds: ds.match(F(f_) == True))
+        run.save_view(view_name, lambda ds: ds.match(F(f_) == True).sort_by(s_, reverse=True),
+                      f"flagged by outlier run {run_key!r}, most unusual first")
+        counts, edges = np.histogram(score, bins=20, range=(0, 1))
+        cut = float(threshold if threshold is not None else (score[flag].min() if flag.any() else 1.0))
+        summary = run.commit(num_samples=len(ids), num_scored=len(vids), num_skipped=len(ids) - len(vids),
+                             num_flagged=int(flag.sum()), cutoff=cut,
+                             histogram={"counts": counts.tolist(), "edges": edges.tolist()},
+                             saved_views=[view_name], tags=[tag], seconds=time.perf_counter() - t0)
     progress(1.0, "done")
     return summary
 

@@ -1,39 +1,101 @@
-"""Runs recorded on the dataset: configuration, status, results, artifacts, and which fields each run owns.
+"""The one run lifecycle every operator uses, and the run records it keeps on the dataset.
 
-Every score this library writes belongs to a run (FiftyOne's custom-run API), so runs can be listed, reused and
-deleted, and a re-run with the same key replaces its own fields but never a field the user created.
+A run of one of our methods goes: validate (nothing touched) -> lock the run key -> compute -> write every field into
+a *staging* field -> commit (swap the staged fields in, re-tag, save the views, record the run as ``complete``).
+A failure at any point before the commit drops the staged fields and leaves the previous run's fields, tags, views and
+record as they were (the record notes the failed attempt); a run with no previous result is recorded ``failed`` with
+the error. Fields are written only for the target view: after the swap, samples outside it hold no value, so no reader
+ever mixes two runs. Every field, tag, saved view and artifact a run makes is recorded, so :func:`delete_run` removes
+exactly those, and a field the user made is never written over or deleted unless ``overwrite=True`` was passed.
+
+Artifacts (checkpoints, factors, sketches) live in a folder keyed by a fingerprint of what they depend on (model,
+data ids, settings), so a changed input never reuses a stale artifact. A file lock per run key keeps two runs of one
+key from interleaving, and a lock per dataset serialises changes to the dataset's schema, saved views and run records
+across processes (each change reloads the dataset first, so no process writes back a stale schema).
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import hashlib
+import json
 import os
 import re
 import shutil
-from collections.abc import Iterable
+import socket
+import time
+import traceback
+from collections.abc import Callable, Iterable, Iterator
 
 import fiftyone as fo
 
 METHOD_PREFIX = "fo_plugin."
-_KEY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+NAMES = {"ssl_embeddings": "SSL embeddings", "ssl_influence": "influence", "influence_query": "influence query",
+         "near_duplicates": "near-duplicates", "clcore": "CL-Core", "outliers": "outliers",
+         "subgroup_audit": "subgroup audit"}
+STAGING = "_ssl_staging"  # no "__": mongoengine reads it as a path separator
+_KEY_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
 
 
+# ---------------------------------------------------------------------------------------------------------------- paths
 def cache_root() -> str:
     """Where checkpoints and other run artifacts live (``FO_SSL_CACHE_DIR``, default ``~/.cache/fo-ssl-curation``)."""
-    return os.environ.get("FO_SSL_CACHE_DIR") or os.path.join(os.path.expanduser("~"), ".cache", "fo-ssl-curation")
+    return os.path.abspath(os.environ.get("FO_SSL_CACHE_DIR")
+                           or os.path.join(os.path.expanduser("~"), ".cache", "fo-ssl-curation"))
 
 
-def run_dir(dataset: fo.Dataset, key: str) -> str:
-    """The artifact folder of run ``key`` on ``dataset`` (created)."""
-    path = os.path.join(cache_root(), str(dataset._doc.id), key)
-    os.makedirs(path, exist_ok=True)
-    return path
+def _dataset_dir(dataset: fo.Dataset) -> str:
+    return os.path.join(cache_root(), str(dataset._doc.id))
 
 
+def run_root(dataset: fo.Dataset, key: str) -> str:
+    """The folder holding every artifact of run ``key`` (one sub-folder per fingerprint)."""
+    return os.path.join(_dataset_dir(dataset), key)
+
+
+def fingerprint(*parts) -> str:
+    """A short stable hash of JSON-serialisable ``parts`` (settings, ids, model hashes)."""
+    h = hashlib.sha256()
+    for p in parts:
+        if isinstance(p, (list, tuple)) and p and all(isinstance(x, str) for x in p):
+            for x in p:  # long id lists: hash incrementally
+                h.update(x.encode())
+                h.update(b"\0")
+        else:
+            h.update(json.dumps(p, sort_keys=True, default=str).encode())
+        h.update(b"|")
+    return h.hexdigest()[:20]
+
+
+def file_hash(path: str) -> str:
+    """sha256 of a file's bytes (model checkpoints: artifacts depend on the weights, not the file name)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()[:20]
+
+
+# ------------------------------------------------------------------------------------------------------------ validation
 def validate_name(name: str, what: str) -> str:
-    """Field names and run keys: letters, digits and underscores, not starting with a digit."""
-    if not isinstance(name, str) or not _KEY_RE.match(name):
-        raise ValueError(f"{what} must be letters, digits and underscores (not starting with a digit), got {name!r}")
+    """Field names and run keys: letters, digits and underscores, starting with a letter."""
+    if not isinstance(name, str) or not _KEY_RE.match(name) or STAGING in name:
+        raise ValueError(f"{what} must be letters, digits and underscores (starting with a letter), got {name!r}")
     return name
+
+
+def check_samples(samples, minimum: int = 1, what: str = "this operation") -> int:
+    """Refuse non-image media and views too small for the method, before anything is touched."""
+    media = samples.media_type
+    if media != fo.core.media.IMAGE:
+        raise ValueError(f"{what} works on image datasets; the target holds {media!r} samples")
+    n = len(samples)
+    if n == 0:
+        raise ValueError(f"the target view is empty: nothing for {what}")
+    if n < minimum:
+        raise ValueError(f"{what} needs at least {minimum} samples in the target view, got {n}")
+    return n
 
 
 def get_config(dataset: fo.Dataset, key: str) -> dict | None:
@@ -41,82 +103,6 @@ def get_config(dataset: fo.Dataset, key: str) -> dict | None:
     if not dataset.has_run(key):
         return None
     return dataset.get_run_info(key).config.serialize()
-
-
-def owned_fields(dataset: fo.Dataset, exclude_key: str | None = None) -> dict[str, str]:
-    """Map of field name -> run key for every field written by one of our runs."""
-    owned = {}
-    for key in dataset.list_runs():
-        cfg = get_config(dataset, key)
-        if key != exclude_key and str(cfg.get("method", "")).startswith(METHOD_PREFIX):
-            for f in cfg.get("fields", []):
-                owned[f] = key
-    return owned
-
-
-def field_conflict(dataset: fo.Dataset, key: str, field: str) -> str | None:
-    """Why run ``key`` may not write ``field`` without ``overwrite`` (None when it may).
-
-    A run may always rewrite its own fields; a field the user made, or another run owns, is protected.
-    """
-    if not isinstance(field, str) or not _KEY_RE.match(field):
-        return f"field name must be letters, digits and underscores, got {field!r}"
-    if field not in dataset.get_field_schema():
-        return None
-    if field in (get_config(dataset, key) or {}).get("fields", []):
-        return None
-    others = owned_fields(dataset, exclude_key=key)
-    if field in others:
-        return f"field {field!r} belongs to run {others[field]!r}; choose another name or delete that run"
-    return (f"field {field!r} already exists on dataset {dataset.name!r} and was not written by this run; "
-            "choose another name or pass overwrite=True to replace it")
-
-
-def check_fields(dataset: fo.Dataset, key: str, fields: Iterable[str], overwrite: bool = False) -> None:
-    """Raise ValueError if a field may not be written (see :func:`field_conflict`); with ``overwrite``, delete
-    the conflicting user fields first (a wrong-typed field could not be written over)."""
-    for f in fields:
-        validate_name(f, "field name")
-        problem = field_conflict(dataset, key, f)
-        if problem and not overwrite:
-            raise ValueError(problem)
-        if problem:
-            dataset.delete_sample_field(f)
-
-
-def start_run(dataset: fo.Dataset, key: str, method: str, fields: list[str], config: dict,
-              overwrite: bool = False) -> None:
-    """Validate fields and (re)register run ``key`` with status ``running``."""
-    validate_name(key, "run key")
-    old = get_config(dataset, key)
-    if old is not None and old.get("method") != method:
-        raise ValueError(f"run key {key!r} is already used by a {old.get('method')!r} run; choose another key")
-    check_fields(dataset, key, fields, overwrite=overwrite)
-    cfg = dataset.init_run(method=method, fields=list(fields), status="running", **config)
-    dataset.register_run(key, cfg, overwrite=True)
-
-
-def ensure_field(dataset: fo.Dataset, name: str, ftype, **kwargs) -> None:
-    """Declare field ``name`` of type ``ftype`` (e.g. ``fo.VectorField``) unless it exists, so that chunks of
-    all-None values can be written."""
-    if name not in dataset.get_field_schema():
-        dataset.add_sample_field(name, ftype, **kwargs)
-
-
-def finish_run(dataset: fo.Dataset, key: str, **results) -> None:
-    """Mark run ``key`` complete and store its JSON-serialisable results."""
-    info = dataset.get_run_info(key)
-    cfg = info.config
-    cfg.status = "complete"
-    dataset.update_run_config(key, cfg)
-    results = {k: v for k, v in results.items() if k != "run_key"}  # the key is the run's name, not a result
-    dataset.save_run_results(key, dataset.init_run_results(key, **results))
-
-
-def load_results(dataset: fo.Dataset, key: str) -> dict:
-    """The stored results of run ``key`` as a dict."""
-    res = dataset.load_run_results(key, cache=False)
-    return {k: v for k, v in vars(res).items() if not k.startswith("_")}
 
 
 def list_runs(dataset: fo.Dataset, method: str | None = None) -> list[str]:
@@ -129,20 +115,362 @@ def list_runs(dataset: fo.Dataset, method: str | None = None) -> list[str]:
     return out
 
 
-def delete_run(dataset: fo.Dataset, key: str, delete_fields: bool = True) -> None:
-    """Delete run ``key``: its fields (if asked), tags, saved views, artifacts and the record."""
+def owned_fields(dataset: fo.Dataset, exclude_key: str | None = None) -> dict[str, str]:
+    """Map of field name -> run key for every field written by one of our runs."""
+    owned = {}
+    for key in list_runs(dataset):
+        if key != exclude_key:
+            for f in get_config(dataset, key).get("fields", []):
+                owned[f] = key
+    return owned
+
+
+def field_conflict(dataset: fo.Dataset, key: str, field: str) -> str | None:
+    """Why run ``key`` may not write ``field`` without ``overwrite`` (None when it may).
+
+    A run may always rewrite its own fields; a field the user made, or another run owns, is protected.
+    """
+    try:
+        validate_name(field, "field name")
+    except ValueError as e:
+        return str(e)
+    if field not in dataset.get_field_schema():
+        return None
+    if field in (get_config(dataset, key) or {}).get("fields", []):
+        return None
+    others = owned_fields(dataset, exclude_key=key)
+    if field in others:
+        return f"field {field!r} belongs to run {others[field]!r}; choose another name or delete that run"
+    return (f"field {field!r} already exists on dataset {dataset.name!r} and was not written by this run; "
+            "choose another name or pass overwrite=True to replace it")
+
+
+def require(dataset: fo.Dataset, key: str, method: str, hint: str) -> dict:
+    """The config of a ``complete`` run ``key`` of ``method``; a clear error for a missing, running, failed or
+    interrupted one. ``hint`` names the step that makes it (e.g. ``"compute_ssl_embeddings"``)."""
     cfg = get_config(dataset, key)
-    if cfg is None:
-        raise ValueError(f"no run {key!r} on dataset {dataset.name!r}")
-    if delete_fields:
-        schema = dataset.get_field_schema()
-        for f in cfg.get("fields", []):
-            if f in schema:
-                dataset.delete_sample_field(f)
-    if cfg.get("tags"):
-        dataset.untag_samples(cfg["tags"])
-    for view_name in cfg.get("saved_views", []):
-        if dataset.has_saved_view(view_name):
-            dataset.delete_saved_view(view_name)
-    shutil.rmtree(os.path.join(cache_root(), str(dataset._doc.id), key), ignore_errors=True)
-    dataset.delete_run(key)
+    if cfg is None or cfg.get("method") != METHOD_PREFIX + method:
+        have = list_runs(dataset, method)
+        raise ValueError(f"no {NAMES.get(method, method)} run {key!r} on dataset {dataset.name!r} (runs: {have or 'none'}); "
+                         f"run {hint} first")
+    status = cfg.get("status")
+    if status == "complete":
+        return cfg
+    if status == "running" and _lock_held(dataset, key):
+        raise ValueError(f"run {key!r} is still running; wait for it to finish")
+    why = f": {cfg.get('error')}" if cfg.get("error") else ""
+    state = "failed" if status == "failed" else "was interrupted"
+    raise ValueError(f"run {key!r} {state}{why}; run {hint} again")
+
+
+def field_owner(dataset: fo.Dataset, field: str) -> str | None:
+    """The key of the run that wrote ``field`` (None: a user's field)."""
+    return owned_fields(dataset).get(field)
+
+
+# ------------------------------------------------------------------------------------------------------------------ locks
+def _lock_path(dataset: fo.Dataset, name: str) -> str:
+    d = os.path.join(cache_root(), "locks")
+    os.makedirs(d, exist_ok=True)
+    return os.path.join(d, f"{dataset._doc.id}.{name}.lock")
+
+
+def _lock_held(dataset: fo.Dataset, key: str) -> bool:
+    with open(_lock_path(dataset, "run-" + key), "a+") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        fcntl.flock(fh, fcntl.LOCK_UN)
+        return False
+
+
+@contextlib.contextmanager
+def dataset_lock(dataset: fo.Dataset) -> Iterator[fo.Dataset]:
+    """Serialise changes to the dataset document (schema, saved views, run records) across processes, and reload
+    the dataset first so a change never writes back another process's stale schema."""
+    with open(_lock_path(dataset, "dataset"), "a+") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            dataset.reload()
+            yield dataset
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def ensure_field(dataset: fo.Dataset, name: str, ftype, **kwargs) -> None:
+    """Declare field ``name`` of type ``ftype`` (e.g. ``fo.VectorField``) unless it exists."""
+    with dataset_lock(dataset):
+        if name not in dataset.get_field_schema():
+            dataset.add_sample_field(name, ftype, **kwargs)
+
+
+# ------------------------------------------------------------------------------------------------------------ lifecycle
+class Run:
+    """One run of one of our methods (see the module docstring). Use as::
+
+        run = Run(samples, key, METHOD, {"score": fo.FloatField}, config, overwrite=overwrite)  # validates only
+        with run:                         # locks the key, records the attempt; on error: rolls back, records it
+            ...compute...
+            run.write("score", ids, values)           # staged
+            run.tag("outlier", lambda ds: ds.match(F(run.field("flag")) == True))
+            run.save_view("outliers", lambda ds: ...)
+            return run.commit(num_flagged=...)        # swap in, tag, save views, record "complete"
+
+    Args:
+        samples: the target view (its samples get values; every other sample of the dataset is cleared).
+        key: the run key. method: our method name (without the prefix).
+        fields: short name -> ``(field name, FieldType class, kwargs)`` or field name -> type: what the run writes.
+        config: the settings to record (JSON-serialisable).
+        fingerprint_parts: what the run's artifacts depend on (settings, ids, model hashes); keys the artifact
+            folder and lets an interrupted attempt with identical inputs be resumed.
+        overwrite (False): allow replacing fields the user made (never another run's).
+    """
+
+    def __init__(self, samples, key: str, method: str, fields: dict, config: dict, *,
+                 fingerprint_parts: tuple = (), overwrite: bool = False, minimum: int = 1, what: str | None = None):
+        self.samples = samples
+        self.dataset: fo.Dataset = samples._dataset
+        self.key = validate_name(key, "run key")
+        self.method = METHOD_PREFIX + method
+        self.what = what or method.replace("_", " ")
+        self.n = check_samples(samples, minimum, self.what)
+        self.fields = {short: (spec if isinstance(spec, tuple) else (short, spec, {}))
+                       for short, spec in fields.items()}
+        for name, _, _ in self.fields.values():
+            validate_name(name, "field name")
+        self.config = dict(config)
+        self.overwrite = overwrite
+        self.fp = fingerprint(self.method, *(fingerprint_parts or (self.config,)))
+        self._tags: list[tuple[str, Callable]] = []
+        self._views: list[tuple[str, Callable, str]] = []
+        self._lock = None
+        old = get_config(self.dataset, key)
+        if old is not None and old.get("method") != self.method:
+            raise ValueError(f"run key {key!r} is already used by a {old.get('method')!r} run; choose another key")
+        self.previous = old
+        for name, _, _ in self.fields.values():
+            problem = field_conflict(self.dataset, key, name)
+            if problem and not (overwrite and field_owner(self.dataset, name) is None):
+                raise ValueError(problem)
+
+    # -- names
+    def field(self, short: str) -> str:
+        """The final name of field ``short``."""
+        return self.fields[short][0]
+
+    def staged(self, short: str) -> str:
+        return self.fields[short][0] + STAGING
+
+    @property
+    def artifacts(self) -> str:
+        """This attempt's artifact folder (keyed by the fingerprint; created)."""
+        path = os.path.join(run_root(self.dataset, self.key), self.fp)
+        os.makedirs(path, exist_ok=True)
+        return path
+
+    # -- lifecycle
+    def __enter__(self) -> Run:
+        path = _lock_path(self.dataset, "run-" + self.key)
+        fh = open(path, "a+")
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            fh.seek(0)
+            holder = fh.read().strip() or "another process"
+            fh.close()
+            raise ValueError(f"run {self.key!r} on dataset {self.dataset.name!r} is already running ({holder}); "
+                             "wait for it to finish or use another run key") from None
+        fh.seek(0)
+        fh.truncate()
+        fh.write(f"pid {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%d %H:%M:%S')}")
+        fh.flush()
+        self._lock = fh
+        try:
+            self._begin()
+        except BaseException:
+            self._release()
+            raise
+        return self
+
+    def _begin(self) -> None:
+        attempt = {"status": "running", "fingerprint": self.fp, "pid": os.getpid(), "host": socket.gethostname(),
+                   "started": time.strftime("%Y-%m-%d %H:%M:%S")}
+        with dataset_lock(self.dataset) as ds:
+            old = get_config(ds, self.key)
+            resumable = old is not None and (old.get("attempt") or {}).get("fingerprint") == self.fp \
+                and (old.get("attempt") or {}).get("status") in ("running", "failed")
+            schema = ds.get_field_schema()
+            for name, ftype, kwargs in self.fields.values():
+                st = name + STAGING
+                if st in schema and not resumable:
+                    ds.delete_sample_field(st)
+                    schema = ds.get_field_schema()
+                if st not in schema:
+                    ds.add_sample_field(st, ftype, **kwargs)
+            self.resumed = resumable
+            if old is None or old.get("status") != "complete":
+                staging = sorted({*(old or {}).get("staging", []), *(self.staged(k) for k in self.fields)})
+                cfg = ds.init_run(method=self.method, fields=[], status="running", attempt=attempt, staging=staging)
+                ds.register_run(self.key, cfg, overwrite=True)
+            else:
+                self._update_record(ds, attempt=attempt)
+
+    def _update_record(self, ds: fo.Dataset, **changes) -> None:
+        info = ds.get_run_info(self.key)
+        cfg = info.config
+        for k, v in changes.items():
+            setattr(cfg, k, v)
+        ds.update_run_config(self.key, cfg)
+
+    def __exit__(self, etype, exc, tb) -> bool:
+        try:
+            if exc is not None and not getattr(self, "_committed", False):
+                self._rollback(exc)
+        finally:
+            self._release()
+        return False
+
+    def _release(self) -> None:
+        if self._lock is not None:
+            self._lock.seek(0)
+            self._lock.truncate()
+            fcntl.flock(self._lock, fcntl.LOCK_UN)
+            self._lock.close()
+            self._lock = None
+
+    def _rollback(self, exc: BaseException) -> None:
+        """Drop the staged fields (unless the failure was an interruption worth resuming); keep the previous
+        results; record the failure."""
+        error = f"{type(exc).__name__}: {exc}"
+        keep_staged = isinstance(exc, KeyboardInterrupt)
+        try:
+            with dataset_lock(self.dataset) as ds:
+                if not keep_staged:
+                    schema = ds.get_field_schema()
+                    for short in self.fields:
+                        if self.staged(short) in schema:
+                            ds.delete_sample_field(self.staged(short))
+                attempt = {"status": "failed", "fingerprint": self.fp, "error": error,
+                           "failed": time.strftime("%Y-%m-%d %H:%M:%S")}
+                if ds.has_run(self.key) and get_config(ds, self.key).get("status") == "complete":
+                    self._update_record(ds, attempt=attempt)
+                elif ds.has_run(self.key):
+                    self._update_record(ds, status="failed", error=error, attempt=attempt)
+        except Exception:  # never hide the original error behind a bookkeeping one
+            traceback.print_exc()
+
+    # -- writing
+    def write(self, short: str, ids: list[str], values: Iterable, chunk: int = 100_000) -> None:
+        """Stage ``values`` of field ``short`` for samples ``ids`` (in chunks: bounded memory per call)."""
+        values = list(values) if not isinstance(values, list) else values
+        name = self.staged(short)
+        for s in range(0, len(ids), chunk):
+            self.dataset.set_values(name, dict(zip(ids[s:s + chunk], values[s:s + chunk])), key_field="id")
+
+    def staged_values(self, short: str) -> dict:
+        """``{id: value}`` already staged for field ``short`` (an interrupted attempt being resumed)."""
+        ids, vals = self.dataset.values(["id", self.staged(short)])
+        return {i: v for i, v in zip(ids, vals) if v is not None}
+
+    def tag(self, tag: str, select: Callable[[fo.Dataset], object]) -> None:
+        """At commit, ``tag`` goes on the samples ``select(dataset)`` returns (a view over the final fields)."""
+        self._tags.append((tag, select))
+
+    def save_view(self, name: str, make: Callable[[fo.Dataset], object], description: str = "") -> None:
+        """At commit, save the view ``make(dataset)`` as ``name`` (a view over the final fields)."""
+        self._views.append((name, make, description))
+
+    def commit(self, **results) -> dict:
+        """Swap the staged fields in, drop the previous run's leftovers, apply tags and views, record the run as
+        complete with ``results``; returns ``results``."""
+        old = get_config(self.dataset, self.key) or {}
+        final = [name for name, _, _ in self.fields.values()]
+        with dataset_lock(self.dataset) as ds:
+            schema = ds.get_field_schema()
+            for name in set(old.get("fields", [])) - set(final):  # e.g. a _gain field the new mode does not write
+                if name in schema and field_owner(ds, name) == self.key:
+                    ds.delete_sample_field(name)
+            for short, (name, _, _) in self.fields.items():
+                if name in ds.get_field_schema():
+                    ds.delete_sample_field(name)
+                ds.rename_sample_field(self.staged(short), name)
+            for tag in old.get("tags", []):
+                ds.untag_samples(tag)
+            for view in old.get("saved_views", []):
+                if ds.has_saved_view(view) and view not in [v[0] for v in self._views]:
+                    ds.delete_saved_view(view)
+            tags = []
+            for tag, select in self._tags:
+                select(ds).tag_samples(tag)
+                tags.append(tag)
+            views = []
+            for name, make, description in self._views:
+                ds.save_view(name, make(ds), description=description, overwrite=True)
+                views.append(name)
+            cfg = ds.init_run(method=self.method, fields=final, tags=tags, saved_views=views, status="complete",
+                              fingerprint=self.fp, artifacts=self._artifact_dir_if_any(), **self.config)
+            ds.register_run(self.key, cfg, overwrite=True)
+            results = {k: v for k, v in results.items() if k != "run_key"}
+            ds.save_run_results(self.key, ds.init_run_results(self.key, **_jsonable(results)), overwrite=True)
+        self._committed = True
+        self._prune_artifacts()
+        return {"run_key": self.key, **results}
+
+    def _artifact_dir_if_any(self) -> str | None:
+        path = os.path.join(run_root(self.dataset, self.key), self.fp)
+        return path if os.path.isdir(path) else None
+
+    def _prune_artifacts(self) -> None:
+        """Artifacts of other fingerprints of this key are stale once this run is committed."""
+        root = run_root(self.dataset, self.key)
+        if os.path.isdir(root):
+            for name in os.listdir(root):
+                if name != self.fp:
+                    shutil.rmtree(os.path.join(root, name), ignore_errors=True)
+
+
+def _jsonable(d: dict) -> dict:
+    return json.loads(json.dumps(d, default=_default))
+
+
+def _default(o):
+    import numpy as np
+
+    if isinstance(o, np.generic):
+        return o.item()
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    return str(o)
+
+
+# ----------------------------------------------------------------------------------------------------------- reading
+def load_results(dataset: fo.Dataset, key: str) -> dict:
+    """The stored results of run ``key`` as a dict."""
+    res = dataset.load_run_results(key, cache=False)
+    return {k: v for k, v in vars(res).items() if not k.startswith("_")}
+
+
+def delete_run(dataset: fo.Dataset, key: str, delete_fields: bool = True) -> None:
+    """Delete run ``key``: exactly the fields (if asked), tags, saved views and artifacts it recorded, and the
+    record. Refused while the run is running."""
+    cfg = get_config(dataset, key)
+    if cfg is None or not str(cfg.get("method", "")).startswith(METHOD_PREFIX):
+        raise ValueError(f"no SSL-curation run {key!r} on dataset {dataset.name!r}")
+    if _lock_held(dataset, key):
+        raise ValueError(f"run {key!r} is running; wait for it to finish before deleting it")
+    with dataset_lock(dataset) as ds:
+        schema = ds.get_field_schema()
+        if delete_fields:
+            for name in [*cfg.get("fields", []), *(f + STAGING for f in cfg.get("fields", [])),
+                         *cfg.get("staging", [])]:
+                if name in schema:
+                    ds.delete_sample_field(name)
+                    schema = ds.get_field_schema()
+        for tag in cfg.get("tags", []):
+            ds.untag_samples(tag)
+        for view_name in cfg.get("saved_views", []):
+            if ds.has_saved_view(view_name):
+                ds.delete_saved_view(view_name)
+        ds.delete_run(key)
+    shutil.rmtree(run_root(dataset, key), ignore_errors=True)

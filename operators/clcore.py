@@ -70,6 +70,7 @@ class ComputeCLCore(CurationOperator):
         return types.Property(inputs, view=types.View(label="CL-Core (SAS) subset"))
 
     def execute(self, ctx):
+        self.check_params(ctx)
         from fo_plugin import compute_clcore
 
         p = ctx.params
@@ -85,8 +86,8 @@ class ComputeCLCore(CurationOperator):
             clip_model=p.get("clip_model") or "ViT-B-32",
             clip_checkpoint=p.get("clip_checkpoint") or None,
             clip_pretrained=p.get("clip_pretrained") or None,
-            num_views=int(p.get("num_views", 1)),
-            budget=int(budget) if budget > 1 else float(budget),
+            num_views=p.get("num_views", 1),
+            budget=int(budget) if isinstance(budget, float) and budget > 1 and budget.is_integer() else budget,
             mode=p.get("mode", "released"),
             device=p.get("device", "auto"),
             progress=self.progress(ctx),

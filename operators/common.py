@@ -14,7 +14,19 @@ def operator_config(name: str, label: str, description: str) -> foo.OperatorConf
 
 
 class CurationOperator(foo.Operator):
-    """Base: optional delegation (a ``delegate`` checkbox), progress reporting, the target view."""
+    """Base: optional delegation (a ``delegate`` checkbox), progress reporting, the target view, and a clear
+    error for parameters the form does not know (a typo would otherwise be ignored without a word)."""
+
+    ALWAYS = {"view_target", "view", "delegate", "delegation_target", "request_delegation", "confirm"}
+
+    def unknown_params(self, ctx) -> list[str]:
+        known = set(self.resolve_input(ctx).type.properties) | self.ALWAYS
+        return sorted(k for k in ctx.params if k not in known and ctx.params[k] is not None)
+
+    def check_params(self, ctx) -> None:
+        unknown = self.unknown_params(ctx)
+        if unknown:
+            raise ValueError(f"unknown parameter(s) {', '.join(map(repr, unknown))} for {self.config.name}")
 
     def resolve_delegation(self, ctx):
         # None (not False) so that a request_delegation from the caller still wins
@@ -79,12 +91,21 @@ def add_run_key(ctx, inputs: types.Object, default: str, fields_of) -> str:
 
 def positive_int(ctx, inputs: types.Object, name: str, default: int, label: str, description: str = "",
                  minimum: int = 1):
+    """An integer input checked by :func:`fo_plugin.params.integer` (the Python API's own check)."""
+    from fo_plugin import params
+
     prop = inputs.int(name, default=default, label=label, description=description, min=minimum)
-    value = ctx.params.get(name, default)
-    if value is not None and (not isinstance(value, int) or value < minimum):
-        prop.invalid = True
-        prop.error_message = f"{label} must be an integer >= {minimum}"
+    _check(prop, lambda: params.integer(name, ctx.params.get(name, default), minimum, none_ok=True))
     return prop
+
+
+def _check(prop, check) -> None:
+    """Show the library's own validation message as the form error."""
+    try:
+        check()
+    except ValueError as e:
+        prop.invalid = True
+        prop.error_message = str(e)
 
 
 def reload_app(ctx) -> None:
@@ -128,11 +149,10 @@ def run_choice(ctx, inputs: types.Object, name: str, method: str, label: str, mi
 def bounded_float(ctx, inputs: types.Object, name: str, default: float, label: str, lo: float, hi: float,
                   description: str = "") -> None:
     """A float input that is a form error outside [lo, hi]."""
+    from fo_plugin import params
+
     prop = inputs.float(name, default=default, label=label, description=description)
-    v = ctx.params.get(name, default)
-    if v is not None and (not isinstance(v, (int, float)) or not lo <= v <= hi):
-        prop.invalid = True
-        prop.error_message = f"{label} must be between {lo} and {hi}"
+    _check(prop, lambda: params.number(name, ctx.params.get(name, default), lo, hi, none_ok=True))
 
 
 def categorical_fields(dataset) -> list[str]:

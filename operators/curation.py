@@ -57,14 +57,15 @@ class FindNearDuplicates(CurationOperator):
         return types.Property(inputs, view=types.View(label="Find near-duplicates"))
 
     def execute(self, ctx):
+        self.check_params(ctx)
         from fo_plugin import find_near_duplicates
 
         p = ctx.params
         out = find_near_duplicates(
             ctx.target_view(), p.get("run_key") or "dups", embeddings_field=p.get("embeddings_field", "ssl_embedding"),
-            threshold=float(p.get("threshold", 0.8)),
-            pixel_threshold=float(p.get("pixel_threshold", 0.8)) if p.get("pixel_check", True) else None,
-            detail_threshold=float(p.get("detail_threshold", 0.5)) if p.get("pixel_check", True) else None,
+            threshold=p.get("threshold", 0.8),
+            pixel_threshold=p.get("pixel_threshold", 0.8) if p.get("pixel_check", True) else None,
+            detail_threshold=p.get("detail_threshold", 0.5) if p.get("pixel_check", True) else None,
             influence_run=p.get("influence_run") or None, keep=p.get("keep", "first"), progress=self.progress(ctx))
         reload_app(ctx)
         return out
@@ -101,12 +102,13 @@ class FindOutliers(CurationOperator):
         return types.Property(inputs, view=types.View(label="Find outliers"))
 
     def execute(self, ctx):
+        self.check_params(ctx)
         from fo_plugin import find_outliers
 
         p = ctx.params
         out = find_outliers(ctx.target_view(), p.get("run_key") or "outliers",
                             embeddings_field=p.get("embeddings_field", "ssl_embedding"),
-                            fraction=float(p.get("fraction", 0.02)), influence_run=p.get("influence_run") or None,
+                            fraction=p.get("fraction", 0.02), influence_run=p.get("influence_run") or None,
                             progress=self.progress(ctx))
         reload_app(ctx)
         h = out["histogram"]
@@ -142,11 +144,12 @@ class AuditSubgroups(CurationOperator):
         return types.Property(inputs, view=types.View(label="Subgroup audit"))
 
     def execute(self, ctx):
+        self.check_params(ctx)
         from fo_plugin import audit_subgroups
 
         p = ctx.params
         out = audit_subgroups(ctx.target_view(), p["group_field"], p.get("run_key") or "audit",
-                              top_fraction=float(p.get("top_fraction", 0.05)), overwrite=True)
+                              top_fraction=p.get("top_fraction", 0.05))
         traces = {}
         for r in out["rows"]:
             traces.setdefault(r["selection"], {"type": "bar", "name": r["selection"], "x": [], "y": []})
@@ -197,8 +200,10 @@ class ExportCurated(CurationOperator):
         plan = {k: p.get(k) or None for k in ("duplicates_run", "outliers_run", "clcore_run", "keep_tag")}
         plan["drop_least_fraction"] = p.get("drop_least_fraction")
         try:
-            kept, removed = curation_plan(ctx.target_view(), **plan)
-            msg = (f"Keeps {len(kept)} of {len(kept) + len(removed)} samples and leaves out {len(removed)} "
+            target = ctx.target_view()
+            kept, _ = curation_plan(target, **plan)
+            n_kept, n_all = len(kept), len(target)
+            msg = (f"Keeps {n_kept} of {n_all} samples and leaves out {n_all - n_kept} "
                    f"(listed with reasons in removed_manifest.csv). The source dataset is not modified.")
             inputs.view("warning", types.Warning(label=msg))
         except ValueError as e:
@@ -216,6 +221,7 @@ class ExportCurated(CurationOperator):
         return types.Property(inputs, view=types.View(label="Export curated subset"))
 
     def execute(self, ctx):
+        self.check_params(ctx)
         from fo_plugin import export_curated
 
         p = ctx.params

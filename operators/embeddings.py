@@ -54,6 +54,7 @@ class ComputeSSLEmbeddings(CurationOperator):
         return types.Property(inputs, view=types.View(label="Compute SSL embeddings"))
 
     def execute(self, ctx):
+        self.check_params(ctx)
         from fo_plugin import compute_ssl_embeddings
 
         p = ctx.params
@@ -64,8 +65,8 @@ class ComputeSSLEmbeddings(CurationOperator):
             model_name=p.get("model_name") or None,
             checkpoint=p.get("checkpoint") or None,
             pretrained=p.get("pretrained") or None,
-            epochs=int(p.get("epochs", 10)),
-            batch_size=int(p.get("batch_size", 256)),
+            epochs=p.get("epochs", 10),
+            batch_size=p.get("batch_size", 256),
             resume=bool(p.get("resume", False)),
             device=p.get("device", "auto"),
             progress=self.progress(ctx),

@@ -43,14 +43,15 @@ class ComputeSSLInfluence(CurationOperator):
         return types.Property(inputs, view=types.View(label="Label-free SSL influence"))
 
     def execute(self, ctx):
+        self.check_params(ctx)
         from fo_plugin import compute_ssl_influence
 
         p = ctx.params
         out = compute_ssl_influence(
             ctx.target_view(), p.get("run_key") or "influence",
             embeddings_run=p.get("embeddings_run", "ssl_embedding"), curvature=p.get("curvature", "ekfac"),
-            num_augs=int(p.get("num_augs", 4)), output=p.get("output", "projection"),
-            batch_size=int(p.get("batch_size", 64)), device=p.get("device", "auto"), progress=self.progress(ctx))
+            num_augs=p.get("num_augs", 4), output=p.get("output", "projection"),
+            batch_size=p.get("batch_size", 64), device=p.get("device", "auto"), progress=self.progress(ctx))
         reload_app(ctx)
         return out
 
@@ -88,12 +89,13 @@ class FindInfluentialTrainingSamples(CurationOperator):
         return types.Property(inputs, view=types.View(label="What shaped this image?"))
 
     def execute(self, ctx):
+        self.check_params(ctx)
         from fo_plugin import find_influential_training_samples
 
         p = ctx.params
         out = find_influential_training_samples(
             ctx.dataset, list(ctx.selected), p.get("influence_run", "influence"), p.get("run_key") or "shaped",
-            k=int(p.get("k", 20)), method=p.get("method", "exact"), device=p.get("device", "auto"),
+            k=p.get("k", 20), method=p.get("method", "exact"), device=p.get("device", "auto"),
             progress=self.progress(ctx))
         if not ctx.delegated:
             ctx.ops.set_view(name=out["saved_views"][0])

@@ -34,6 +34,7 @@ class DeleteSSLRun(CurationOperator):
         return types.Property(inputs, view=types.View(label="Delete an SSL-curation run"))
 
     def execute(self, ctx):
+        self.check_params(ctx)
         from fo_plugin import runs
 
         if not ctx.params.get("confirm"):

@@ -214,18 +214,3 @@ def test_delegated_execution_queues_then_runs_with_progress(cifar_dataset, proxy
     op = svc.list_operations(dataset_name=ds.name)[0]
     assert op.run_state == "completed" and op.status.progress == 1.0
     ds.delete()
-
-
-def test_an_interrupted_run_resumes_where_it_stopped(cifar_dataset, proxy_ckpt):
-    ds = cifar_dataset.limit(60).select_fields().clone()
-    ckpt = proxy_ckpt
-    fo_plugin.compute_ssl_embeddings(ds, checkpoint=ckpt)
-    before = dict(zip(ds.values("id"), ds.values("ssl_embedding")))
-    lost = ds.values("id")[40:]
-    ds.select(lost).set_field("ssl_embedding", None).save()  # as if the run stopped after 40 samples
-    res = run_op("compute_ssl_embeddings", ds, {"view_target": "DATASET", "checkpoint": ckpt, "resume": True})
-    assert res.error is None, res.error
-    assert res.result["num_embedded"] == 20 and res.result["num_resumed_over"] == 40
-    after = dict(zip(ds.values("id"), ds.values("ssl_embedding")))
-    assert all(np.allclose(after[i], before[i], atol=1e-5) for i in before)
-    ds.delete()

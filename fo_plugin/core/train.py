@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -39,8 +40,14 @@ class TrainConfig:
 
 def train_proxy(images: np.ndarray, keys: torch.Tensor, cfg: TrainConfig, device: torch.device,
                 model_cfg: ProxyConfig | None = None,
-                progress: Callable[[float, str], None] | None = None) -> tuple[ProxyModel, list[dict]]:
+                progress: Callable[[float, str], None] | None = None,
+                state_path: str | None = None) -> tuple[ProxyModel, list[dict]]:
     """SimCLR training on uint8 images (N, S, S, 3) (an array or a memmap; read batch by batch).
+
+    Args:
+        state_path (None): a file where the model, optimiser and history are saved after every epoch (atomically);
+            when it exists, training resumes after its last epoch and ends with the same weights as an
+            uninterrupted run (batch order and augmentations are pure functions of the seed and epoch).
 
     Returns:
         the model in eval mode, and one history row per epoch (loss, images/s).
@@ -53,10 +60,17 @@ def train_proxy(images: np.ndarray, keys: torch.Tensor, cfg: TrainConfig, device
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     gen = np.random.default_rng(cfg.seed)
     bs = min(cfg.batch_size, n)
-    history = []
+    history, first = [], 0
+    if state_path and os.path.isfile(state_path):
+        state = torch.load(state_path, map_location=device, weights_only=True)
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        history, first = state["history"], len(state["history"])
     for epoch in range(cfg.epochs):
+        order = gen.permutation(n)  # drawn for every epoch, so a resumed run sees the same batches
+        if epoch < first:
+            continue
         t0, losses = time.perf_counter(), []
-        order = gen.permutation(n)
         for start in range(0, n - bs + 1, bs):  # drop the last partial batch: BN and InfoNCE want full batches
             idx = np.sort(order[start:start + bs])
             x = to_float(images[idx], device)
@@ -72,6 +86,10 @@ def train_proxy(images: np.ndarray, keys: torch.Tensor, cfg: TrainConfig, device
         dt = time.perf_counter() - t0
         row = {"epoch": epoch, "loss": float(np.mean(losses)), "images_per_s": (n // bs) * bs / dt}
         history.append(row)
+        if state_path:
+            tmp = state_path + ".tmp"
+            torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "history": history}, tmp)
+            os.replace(tmp, state_path)
         if progress:
             progress((epoch + 1) / cfg.epochs, f"proxy epoch {epoch + 1}/{cfg.epochs}: loss {row['loss']:.3f}")
     return model.eval(), history

@@ -1,0 +1,313 @@
+"""The one run lifecycle: validation before anything is touched, failures that keep the previous results, re-runs
+that leave nothing stale, user fields that are never deleted, bad vectors and media that are refused, locks, and
+schema changes that survive two processes writing at once."""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import fiftyone as fo
+import numpy as np
+import pytest
+from conftest import run_op
+
+import fo_plugin
+from fo_plugin import runs
+
+
+@pytest.fixture()
+def vecs(embedded):
+    """A fresh copy of the embedded dataset holding only the embedding field (as a user's own field)."""
+    ds, _ = embedded
+    copy = ds.select_fields(["ssl_embedding", "ground_truth"]).clone()
+    yield copy
+    copy.delete()
+
+
+def _state(ds, key, fields):
+    return {f: ds.values(f) for f in fields}, sorted(ds.count_sample_tags().items()), sorted(ds.list_saved_views())
+
+
+def test_failed_rerun_keeps_the_previous_fields_tags_views_and_record(vecs, monkeypatch):
+    fo_plugin.find_outliers(vecs, "out", fraction=0.05)
+    fields = ["out_score", "out_flag", "out_knn"]
+    before = _state(vecs, "out", fields)
+
+    import fo_plugin.outliers as mod
+
+    def boom(*a, **k):
+        raise RuntimeError("disk on fire")
+
+    monkeypatch.setattr(mod, "outlier_scores", boom)
+    with pytest.raises(RuntimeError, match="disk on fire"):
+        fo_plugin.find_outliers(vecs.take(100, seed=1), "out", fraction=0.5)
+    vecs.reload()
+    assert _state(vecs, "out", fields) == before
+    cfg = fo_plugin.get_run_config(vecs, "out")
+    assert cfg["status"] == "complete" and cfg["fraction"] == 0.05
+    assert cfg["attempt"]["status"] == "failed" and "disk on fire" in cfg["attempt"]["error"]
+    assert not [f for f in vecs.get_field_schema() if f.endswith(runs.STAGING)]
+
+
+def test_first_run_that_fails_is_recorded_failed_and_readers_refuse_it(vecs, monkeypatch):
+    import fo_plugin.outliers as mod
+
+    monkeypatch.setattr(mod, "outlier_scores", lambda *a, **k: 1 / 0)
+    with pytest.raises(ZeroDivisionError):
+        fo_plugin.find_outliers(vecs, "bad")
+    cfg = fo_plugin.get_run_config(vecs, "bad")
+    assert cfg["status"] == "failed" and "ZeroDivisionError" in cfg["error"]
+    with pytest.raises(ValueError, match="failed"):
+        runs.require(vecs, "bad", "outliers", "find_outliers")
+    with pytest.raises(ValueError, match="failed"):
+        fo_plugin.export_curated(vecs, name="never-made", outliers_run="bad")
+    assert not fo.dataset_exists("never-made")
+
+
+def test_rerun_on_a_view_clears_values_tags_and_views_outside_it(vecs):
+    fo_plugin.find_outliers(vecs, "outliers", fraction=0.1)
+    assert len(vecs.match_tags("outlier")) == 42
+    sub = vecs.take(100, seed=3)
+    fo_plugin.find_outliers(sub, "outliers", fraction=0.1)
+    sub_ids = set(sub.values("id"))
+    scored = set(vecs.exists("outliers_score").values("id"))
+    assert scored == sub_ids
+    tagged = set(vecs.match_tags("outlier").values("id"))
+    assert len(tagged) == 10 and tagged <= sub_ids
+    assert set(vecs.load_saved_view("outliers").values("id")) == tagged
+
+
+@pytest.mark.parametrize("stage", ["outliers", "near_duplicates", "clcore"])
+def test_rerun_with_changed_settings_equals_a_fresh_run(vecs, stage):
+    first = {"outliers": dict(fraction=0.02), "near_duplicates": dict(threshold=0.9, mutual=True),
+             "clcore": dict(embeddings_field="ssl_embedding", num_classes=4, budget=0.5, mode="greedy")}[stage]
+    second = {"outliers": dict(threshold=0.9, fraction=None), "near_duplicates": dict(threshold=0.8),
+              "clcore": dict(embeddings_field="ssl_embedding", num_classes=3, budget=0.7)}[stage]
+    fn = {"outliers": fo_plugin.find_outliers, "near_duplicates": fo_plugin.find_near_duplicates,
+          "clcore": fo_plugin.compute_clcore}[stage]
+    fresh = vecs.clone()
+    try:
+        fn(vecs, "r", **first)
+        fn(vecs.take(300, seed=0), "r", **first)  # and once on a view
+        fn(vecs, "r", **second)
+        fn(fresh, "r", **second)
+        ours = {f: vecs.values(f) for f in fo_plugin.get_run_config(vecs, "r")["fields"]}
+        theirs = {f: fresh.values(f) for f in fo_plugin.get_run_config(fresh, "r")["fields"]}
+        assert ours.keys() == theirs.keys()
+        assert set(vecs.get_field_schema()) == set(fresh.get_field_schema())  # no leftover field (e.g. r_gain)
+        for f in ours:
+            a, b = ours[f], theirs[f]
+            if a and isinstance(next((v for v in a if v is not None), None), float):
+                assert np.allclose(np.array(a, float), np.array(b, float), equal_nan=True), f
+            else:
+                assert a == b, f
+        assert sorted(vecs.count_sample_tags().items()) == sorted(fresh.count_sample_tags().items())
+        assert sorted(vecs.list_saved_views()) == sorted(fresh.list_saved_views())
+    finally:
+        fresh.delete()
+
+
+def test_a_users_field_is_never_deleted_without_overwrite(vecs):
+    vecs.add_sample_field("audit_brightness", fo.StringField)
+    vecs.set_values("audit_brightness", ["mine"] * len(vecs))
+    fo_plugin.find_outliers(vecs, "outliers")
+    with pytest.raises(ValueError, match="was not written by this run"):
+        fo_plugin.audit_subgroups(vecs, "brightness", "audit")
+    res = run_op("audit_subgroups", vecs, {"view_target": "DATASET", "group_field": "brightness", "run_key": "audit"})
+    assert res.error
+    assert vecs.values("audit_brightness") == ["mine"] * len(vecs)
+    out = fo_plugin.audit_subgroups(vecs, "brightness", "audit", overwrite=True)  # asked for explicitly
+    assert out["rows"] and isinstance(vecs.first()["audit_brightness"], float)
+    with pytest.raises(ValueError, match="belongs to run 'outliers'"):  # another run's field: never, even asked
+        runs.Run(vecs, "other", "outliers", {"x": ("outliers_score", fo.FloatField, {})}, {}, overwrite=True)
+
+
+def test_delete_run_removes_exactly_what_the_run_made(vecs):
+    vecs.take(5, seed=0).tag_samples("mine")
+    vecs.save_view("my view", vecs.limit(3))
+    tags_before = vecs.count_sample_tags()
+    fo_plugin.find_near_duplicates(vecs, "dups", threshold=0.8, pixel_threshold=None, detail_threshold=None)
+    cfg = fo_plugin.get_run_config(vecs, "dups")
+    assert cfg["tags"] and cfg["saved_views"] and os.path.isdir(os.path.dirname(cfg["artifacts"] or runs.cache_root()))
+    fo_plugin.delete_run(vecs, "dups")
+    schema = vecs.get_field_schema()
+    assert not [f for f in schema if f.startswith("dups_")] and "ssl_embedding" in schema
+    assert vecs.count_sample_tags() == tags_before and tags_before["mine"] == 5
+    assert vecs.list_saved_views() == ["my view"]
+    assert not os.path.exists(runs.run_root(vecs, "dups"))
+
+
+def test_nan_inf_zero_and_wrong_dimension_vectors_are_rejected_per_sample(vecs):
+    ids = vecs.values("id")
+    emb = vecs.values("ssl_embedding")
+    emb[0] = np.full_like(emb[0], np.nan)
+    emb[1] = np.full_like(emb[1], np.inf)
+    emb[2] = np.zeros_like(emb[2])
+    emb[3] = emb[3][:10]
+    vecs.set_values("ssl_embedding", emb)
+    bad = set(ids[:4])
+    out = fo_plugin.find_outliers(vecs, "o")
+    assert out["num_skipped"] == 4
+    scores = dict(zip(ids, vecs.values("o_score")))
+    assert all(scores[i] is None for i in bad) and all(np.isfinite(scores[i]) for i in ids[4:])
+    errors = dict(zip(ids, vecs.values("o_error")))
+    assert "NaN" in errors[ids[0]] and "NaN" in errors[ids[1]] and "dimension 10" in errors[ids[3]]
+    dups = fo_plugin.find_near_duplicates(vecs, "d", pixel_threshold=None, detail_threshold=None)
+    assert dups["num_skipped"] == 4 and not set(vecs.exists("d_group").values("id")) & bad
+    cl = fo_plugin.compute_clcore(vecs, "c", embeddings_field="ssl_embedding", num_classes=5)
+    assert cl["num_skipped"] == 4 and cl["num_classes"] == 5
+    assert np.isfinite(np.array(vecs.exists("c_score").values("c_score"))).all()
+
+
+def test_video_and_other_media_are_refused_before_anything_is_written(tmp_path):
+    ds = fo.Dataset()
+    ds.add_samples([fo.Sample(filepath=str(tmp_path / f"v{i}.mp4")) for i in range(3)])
+    try:
+        for call in (lambda: fo_plugin.compute_ssl_embeddings(ds, epochs=1),
+                     lambda: fo_plugin.find_outliers(ds), lambda: fo_plugin.audit_subgroups(ds, "brightness")):
+            with pytest.raises(ValueError, match="image datasets; the target holds 'video'"):
+                call()
+        res = run_op("compute_ssl_embeddings", ds, {"view_target": "DATASET"})
+        assert res.error and "video" in str(res.error)
+        assert ds.list_runs() == [] and set(ds.get_field_schema()) == set(fo.Dataset().get_field_schema())
+    finally:
+        ds.delete()
+
+
+def test_one_and_two_sample_views_get_a_clear_answer(vecs, embedded):
+    ds, _ = embedded
+    one, two = vecs.limit(1), vecs.limit(2)
+    cases = [
+        (lambda: fo_plugin.compute_ssl_embeddings(ds.limit(1), "e1", epochs=1), "at least 2 samples"),
+        (lambda: fo_plugin.compute_clcore(one, "c1", embeddings_field="ssl_embedding"), "at least 2 samples"),
+        (lambda: fo_plugin.compute_ssl_influence(ds.limit(1), "i1", curvature="identity"), "at least 2 samples"),
+        (lambda: fo_plugin.find_near_duplicates(one, "d1"), "at least 2 samples"),
+        (lambda: fo_plugin.find_outliers(two, "o1"), "at least 3 samples"),
+        (lambda: fo_plugin.audit_subgroups(one, "ground_truth", "a1", selections={"s": [one.first().id]}),
+         "at least 2 samples"),
+        (lambda: fo_plugin.compute_clcore(two, "c2", embeddings_field="ssl_embedding", num_classes=3),
+         "more than the 2 samples"),
+    ]
+    for call, message in cases:
+        with pytest.raises(ValueError, match=message):
+            call()
+    assert not [k for k in vecs.list_runs() if k.endswith(("1", "2"))]
+    assert fo_plugin.compute_clcore(two, "c3", embeddings_field="ssl_embedding", num_classes=2)["num_scored"] == 2
+
+
+def test_typed_parameters_get_the_same_message_from_the_api_and_the_form(embedded):
+    ds, _ = embedded
+    cases = [("compute_ssl_embeddings", fo_plugin.compute_ssl_embeddings, {"epochs": 0}, "epochs must be an integer >= 1"),
+             ("compute_clcore", fo_plugin.compute_clcore, {"num_classes": "3"}, "num_classes must be an integer >= 0"),
+             ("find_near_duplicates", fo_plugin.find_near_duplicates, {"threshold": "abc"},
+              "threshold must be a number in")]
+    for op, fn, kw, message in cases:
+        with pytest.raises(ValueError, match=message):
+            fn(ds, **kw)
+        res = run_op(op, ds, {"view_target": "DATASET", **kw})
+        assert res.error and message in str(res.error), (op, res.error)
+    res = run_op("find_outliers", ds, {"view_target": "DATASET", "fraktion": 0.1})
+    assert res.error and "unknown parameter(s) 'fraktion'" in str(res.error)
+
+
+def test_a_zero_shot_run_without_clip_weights_is_refused(embedded):
+    ds, _ = embedded
+    with pytest.raises(ValueError, match="needs CLIP weights"):
+        fo_plugin.compute_clcore(ds, "z", latent="clip_zero_shot", class_names=["cat", "dog"], clip_pretrained=None)
+    with pytest.raises(ValueError, match="needs weights"):
+        fo_plugin.compute_ssl_embeddings(ds, "clip_emb", backbone="open_clip", model_name="ViT-B-32")
+
+
+def test_a_second_run_of_the_same_key_is_refused_while_the_first_holds_it(vecs):
+    with runs.Run(vecs, "held", "outliers", {"score": ("held_score", fo.FloatField, {})}, {}):
+        with pytest.raises(ValueError, match="'held' on dataset .* is already running"):
+            fo_plugin.find_outliers(vecs, "held")
+        with pytest.raises(ValueError, match="is running"):
+            fo_plugin.delete_run(vecs, "held")
+    fo_plugin.find_outliers(vecs, "held")  # free again
+    assert fo_plugin.get_run_config(vecs, "held")["status"] == "complete"
+
+
+def test_two_processes_writing_runs_on_one_dataset_lose_no_field_declaration(vecs):
+    vecs.persistent = True
+    script = textwrap.dedent(f"""
+        import sys, fiftyone as fo, fo_plugin
+        ds = fo.load_dataset({vecs.name!r})
+        for r in range(3):
+            fo_plugin.find_outliers(ds, sys.argv[1] + str(r), fraction=0.05)
+    """)
+    env = dict(os.environ)
+    procs = [subprocess.Popen([sys.executable, "-c", script, key], env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT) for key in ("alpha", "beta")]
+    outs = [p.communicate(timeout=300)[0].decode() for p in procs]
+    assert all(p.returncode == 0 for p in procs), outs
+    vecs.reload()
+    schema = vecs.get_field_schema()
+    for key in (f"{a}{r}" for a in ("alpha", "beta") for r in range(3)):
+        assert fo_plugin.get_run_config(vecs, key)["status"] == "complete"
+        for f in ("score", "flag", "knn", "error"):
+            assert f"{key}_{f}" in schema, (key, f)
+        assert vecs.has_saved_view(f"outliers [{key}]")
+        assert len(vecs.match_tags(f"{key}:outlier")) == 21
+    assert not [f for f in schema if f.endswith(runs.STAGING)]
+
+
+def test_selections_and_exports_never_embed_id_lists_that_grow_with_n(vecs, tmp_path):
+    """The views an export and the saved views use are match stages on stored fields: their serialized size is the
+    same for 100 and for all samples (an id list would grow by ~28 bytes a sample: 32 MB at 1M)."""
+    from fo_plugin.export import curation_plan
+
+    sizes = []
+    for view in (vecs.limit(100), vecs):
+        fo_plugin.find_outliers(view, "o", fraction=0.5)
+        fo_plugin.find_near_duplicates(view, "d", pixel_threshold=None, detail_threshold=None)
+        kept, _ = curation_plan(view, outliers_run="o", duplicates_run="d")
+        saved = [vecs._doc.saved_views[i] for i in range(len(vecs._doc.saved_views))]
+        added = kept._serialize()[len(view.view()._serialize()):]  # the stages the plan adds to the target view
+        sizes.append((len(json.dumps(added)), sum(len(json.dumps(v.view_stages)) for v in saved)))
+    assert sizes[0] == sizes[1]
+
+
+def test_export_deletes_nothing_it_did_not_create_and_a_failed_export_can_be_retried(vecs, tmp_path, monkeypatch):
+    fo_plugin.find_outliers(vecs, "o", fraction=0.1)
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    (folder / "keep.txt").write_text("precious")
+    with pytest.raises(ValueError, match="not empty"):
+        fo_plugin.export_curated(vecs, export_dir=str(folder), overwrite=True, outliers_run="o")
+    assert (folder / "keep.txt").read_text() == "precious"
+    user_ds = fo.Dataset("users-own-dataset")
+    try:
+        with pytest.raises(ValueError, match="was not created by export_curated"):
+            fo_plugin.export_curated(vecs, name="users-own-dataset", overwrite=True, outliers_run="o")
+        assert fo.dataset_exists("users-own-dataset")
+    finally:
+        user_ds.delete()
+
+    import fiftyone.core.collections as foc
+
+    real_export = foc.SampleCollection.export
+
+    def failing_export(self, *a, **k):
+        real_export(self.limit(3), *a, **k)  # some files written, then a crash
+        raise OSError("disk full")
+
+    monkeypatch.setattr(foc.SampleCollection, "export", failing_export)
+    os.chdir(tmp_path)
+    with pytest.raises(OSError, match="disk full"):
+        fo_plugin.export_curated(vecs, export_dir="out", export_type="image_directory", outliers_run="o")
+    assert sorted(os.listdir(tmp_path)) == ["mine"]  # no half-written folder blocks a retry
+    monkeypatch.setattr(foc.SampleCollection, "export", real_export)
+    # a missing file is left out and listed, not a crash
+    first = vecs.first()
+    gone = str(tmp_path / "gone.jpg")
+    first.filepath = gone
+    first.save()
+    out = fo_plugin.export_curated(vecs, export_dir="out", export_type="image_directory", outliers_run="o")
+    assert out["export_dir"] == str(tmp_path / "out")  # relative paths are resolved and reported
+    assert out["removed_by_reason"].get("missing file") == (0 if first["o_flag"] else 1)
+    assert len(os.listdir(tmp_path / "out" / "data")) == out["num_kept"]
+    manifest = (tmp_path / "out" / "removed_manifest.csv").read_text()
+    assert manifest.count("\n") == out["num_removed"] + 1
