@@ -18,13 +18,16 @@ from .core.embed import embed_array
 from .core.images import iter_decoded, to_float
 
 
+DECODED_PREFIX = "decoded-"  # temporary memmap folders; a killed run's are removed by the next run of its key
+
+
 class DecodedImages:
     """Target images decoded once into a temporary uint8 memmap (bounded memory), for jobs that pass over them
     several times (proxy training, influence). ``ids`` and ``valid`` name the images that could be decoded."""
 
     def __init__(self, paths: list[str], ids: list[str], size: int, folder: str):
         os.makedirs(folder, exist_ok=True)
-        self.tmp = tempfile.TemporaryDirectory(dir=folder)
+        self.tmp = tempfile.TemporaryDirectory(prefix=DECODED_PREFIX, dir=folder)
         self.images = np.lib.format.open_memmap(os.path.join(self.tmp.name, "images.npy"), mode="w+",
                                                 dtype=np.uint8, shape=(len(paths), size, size, 3))
         ok = np.zeros(len(paths), dtype=bool)

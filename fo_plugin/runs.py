@@ -286,6 +286,7 @@ class Run:
         fh.write(f"pid {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%d %H:%M:%S')}")
         fh.flush()
         self._lock = fh
+        _remove_leftovers(run_root(self.dataset, self.key))  # ours alone now: nothing else can be using them
         try:
             self._begin()
         except BaseException:
@@ -428,6 +429,16 @@ class Run:
             for name in os.listdir(root):
                 if name != self.fp:
                     shutil.rmtree(os.path.join(root, name), ignore_errors=True)
+
+
+def _remove_leftovers(root: str) -> None:
+    """Temporary decoded-image folders a killed attempt left behind (``features.DECODED_PREFIX``)."""
+    if os.path.isdir(root):
+        for fp in os.listdir(root):
+            folder = os.path.join(root, fp)
+            for name in os.listdir(folder) if os.path.isdir(folder) else []:
+                if name.startswith("decoded-"):
+                    shutil.rmtree(os.path.join(folder, name), ignore_errors=True)
 
 
 def _jsonable(d: dict) -> dict:
