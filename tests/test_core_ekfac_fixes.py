@@ -154,6 +154,9 @@ def test_changed_model_refits_cached_factors(images, reference, tmp_path):
     again.fit(images[8])
     assert os.path.getmtime(os.path.join(out, FINGERPRINT_FILE)) == stamp
     assert {p: os.path.getmtime(p) for p in factors.rglob("*")} == mtimes
+    # scoring without a fit (a later query) refuses factors fitted for other weights
+    with pytest.raises(ValueError, match="another model"):
+        EKFAC(SSLOutput(Tiny()).eval(), _cfg(), out, CPU, batch_size=8).pairwise(images[8][:2], images[8])
 
 
 def test_model_fingerprint_follows_the_weights():

@@ -142,8 +142,26 @@ class EKFAC:
             with open(path, "w") as fh:
                 json.dump(want, fh, indent=1)
 
+    def check_factors(self) -> None:
+        """Refuse factors on disk that were fitted for other weights, settings or tracked layers (scoring without
+        :meth:`fit` in this process, e.g. a later train-to-sample query, reuses them).
+
+        Raises:
+            ValueError: the fingerprint stored with the factors does not match this model and config.
+        """
+        path = os.path.join(self.out_dir, FINGERPRINT_FILE)
+        if not os.path.isfile(path):
+            return  # no factors yet (kronfluence says so) or factors fitted before fingerprints existed
+        with open(path) as fh:
+            have = json.load(fh)
+        mine = {"model": self.model_fingerprint, "config": dict_fingerprint(self.cfg.to_dict()), "tracked": self.tracked}
+        if any(have.get(k) != v for k, v in mine.items()):
+            raise ValueError(f"the EK-FAC factors in {self.out_dir} were fitted for another model or other settings; "
+                             "fit them again (EKFAC.fit) before scoring")
+
     def self_influence(self, images: np.ndarray, name: str = "self") -> np.ndarray:
         """SI(x) = g^T (H + lambda I)^-1 g for each image, (N,)."""
+        self.check_factors()
         self.analyzer.compute_self_scores(name, FACTORS, UInt8Images(images),
                                           per_device_train_batch_size=self.batch_size,
                                           score_args=self._score_args(), overwrite_output_dir=True)
@@ -151,6 +169,7 @@ class EKFAC:
 
     def pairwise(self, query: np.ndarray, train: np.ndarray, name: str = "pairwise") -> np.ndarray:
         """I(z, x) = -g(x)^T (H + lambda I)^-1 g(z) for queries x and training images z, (Q, N)."""
+        self.check_factors()
         self.analyzer.compute_pairwise_scores(name, FACTORS, UInt8Images(query), UInt8Images(train),
                                               per_device_query_batch_size=min(self.batch_size, len(query)),
                                               per_device_train_batch_size=self.batch_size,
