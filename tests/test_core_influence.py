@@ -61,7 +61,7 @@ def test_identity_curvature_equals_squared_autograd_gradient_norms(tiny_images):
     cfg = _cfg()
     x = to_float(tiny_images[:6], "cpu")
     g = per_example_grads(f, x, cfg)
-    names = tracked_parameters(f)
+    names = tracked_parameters(f, cfg)
     params = dict(f.named_parameters())
     assert g.shape == (6, sum(params[n].numel() for n in names))
     for i in range(6):

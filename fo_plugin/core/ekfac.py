@@ -2,19 +2,30 @@
 row: kronfluence treats every row a module sees as an example, so the K + 1 views of a batch go through the model
 in K + 1 separate calls of B rows each, and ``has_shared_parameters=True`` makes kronfluence sum each example's
 per-call gradients into its gradient g(x) (self-influence has cross terms between views).
+
+Only the layers that run in the loss and get a gradient are tracked (:func:`influence.tracked_modules`). kronfluence
+keeps its device choice in a process-wide shared state; every :class:`EKFAC` resets it, so runs with different
+devices in one long-lived process do not leak into each other. Fitted factors are cached under ``out_dir`` with a
+fingerprint of the model, the settings and the images, and refitted when any of them changes.
 """
 
 from __future__ import annotations
 
 import copy
+import json
 import logging
 import os
+import shutil
 
 import numpy as np
 import torch
 from torch.utils import data
 
-from .influence import InfluenceConfig, SSLOutput, loss_from_outputs, make_views
+from .fingerprint import array_fingerprint, dict_fingerprint, model_fingerprint
+from .influence import InfluenceConfig, SSLOutput, loss_from_outputs, make_views, tracked_modules
+
+FACTORS = "ekfac"  # kronfluence's factors name: its folder is <out_dir>/ssl_influence/factors_ekfac
+FINGERPRINT_FILE = "ekfac_fit.json"
 
 
 class UInt8Images(data.Dataset):
@@ -30,7 +41,16 @@ class UInt8Images(data.Dataset):
         return torch.from_numpy(np.ascontiguousarray(self.images[i])).permute(2, 0, 1)
 
 
-def _task(cfg: InfluenceConfig, device: torch.device):
+def reset_kronfluence_state(cpu: bool):
+    """Clear kronfluence's process-wide ``State`` (shared by every Analyzer) and rebuild it for this device choice:
+    otherwise the first run's ``cpu`` / device wins for the life of the process. Returns the fresh state."""
+    from kronfluence.utils.state import State
+
+    State._reset_state()
+    return State(cpu=cpu)
+
+
+def _task(cfg: InfluenceConfig, tracked: list[str]):
     from kronfluence.task import Task
 
     class AugmentationTask(Task):
@@ -43,11 +63,14 @@ def _task(cfg: InfluenceConfig, device: torch.device):
 
         enable_post_process_per_sample_gradient = True
 
+        def get_influence_tracked_modules(self) -> list[str]:
+            return list(tracked)
+
         def post_process_per_sample_gradient(self, module_name: str, gradient: torch.Tensor) -> torch.Tensor:
             return gradient
 
         def compute_train_loss(self, batch, model, sample: bool = False) -> torch.Tensor:
-            x = batch.to(device).float().div_(255)
+            x = batch.to(next(model.parameters()).device).float().div_(255)  # wherever kronfluence put the model
             outs = [model(v) for v in make_views(x, cfg)]  # K + 1 calls of B rows
             return loss_from_outputs(outs).sum()
 
@@ -65,10 +88,14 @@ class EKFAC:
         from kronfluence.utils.dataset import DataLoaderKwargs
 
         logging.getLogger("kronfluence").setLevel(logging.WARNING)
-        self.cfg, self.device, self.batch_size = cfg, device, batch_size
-        self.task = _task(cfg, device)
-        model = prepare_model(copy.deepcopy(f).eval().to(device), self.task)
+        self.cfg, self.device, self.batch_size, self.out_dir = cfg, device, batch_size, out_dir
+        model = copy.deepcopy(f).eval().to(device)
+        self.tracked = tracked_modules(model, cfg)
+        self.model_fingerprint = model_fingerprint(model)
+        self.task = _task(cfg, self.tracked)
+        model = prepare_model(model, self.task)
         os.makedirs(out_dir, exist_ok=True)
+        reset_kronfluence_state(cpu=device.type == "cpu")
         self.analyzer = Analyzer("ssl_influence", model, self.task, cpu=device.type == "cpu", disable_tqdm=True,
                                  output_dir=out_dir, disable_model_save=True)
         self.analyzer.set_dataloader_kwargs(DataLoaderKwargs(num_workers=0))
@@ -84,21 +111,66 @@ class EKFAC:
 
         return ScoreArguments(damping_factor=self.cfg.damping)  # None: 0.1 x mean eigenvalue
 
+    def fit_fingerprint(self, images: np.ndarray, max_examples: int | None) -> dict:
+        """What the fitted factors depend on: model weights, settings, tracked layers, images, example cap."""
+        import kronfluence
+
+        return {"format": "fo_plugin.ekfac/1", "kronfluence": kronfluence.__version__,
+                "model": self.model_fingerprint, "config": dict_fingerprint(self.cfg.to_dict()),
+                "tracked": self.tracked, "num_images": len(images), "images": array_fingerprint(images),
+                "max_examples": max_examples}
+
     def fit(self, images: np.ndarray, max_examples: int | None = None) -> None:
-        """Covariances, eigendecomposition and eigenvalue correction over ``images`` (reused when on disk)."""
-        self.analyzer.fit_all_factors("ekfac", UInt8Images(images), per_device_batch_size=self.batch_size,
+        """Covariances, eigendecomposition and eigenvalue correction over ``images``: reused when the factors on
+        disk were fitted for the same fingerprint, else (re)fitted after clearing only kronfluence's factors folder
+        (kronfluence itself would reuse whatever factors exist there)."""
+        want = self.fit_fingerprint(images, max_examples)
+        path = os.path.join(self.out_dir, FINGERPRINT_FILE)
+        factors = self.analyzer.factors_output_dir(FACTORS)
+        have = None
+        if os.path.isfile(path):
+            with open(path) as fh:
+                have = json.load(fh)
+        if have != want:
+            if os.path.isfile(path):
+                os.remove(path)  # a fit interrupted below must not leave the old fingerprint next to new factors
+            if factors.is_dir():
+                shutil.rmtree(factors)
+        self.analyzer.fit_all_factors(FACTORS, UInt8Images(images), per_device_batch_size=self.batch_size,
                                       factor_args=self._factor_args(max_examples), overwrite_output_dir=False)
+        if have != want:
+            with open(path, "w") as fh:
+                json.dump(want, fh, indent=1)
+
+    def check_factors(self) -> None:
+        """Refuse factors on disk that were fitted for other weights, settings or tracked layers (scoring without
+        :meth:`fit` in this process, e.g. a later train-to-sample query, reuses them).
+
+        Raises:
+            ValueError: the fingerprint stored with the factors does not match this model and config.
+        """
+        path = os.path.join(self.out_dir, FINGERPRINT_FILE)
+        if not os.path.isfile(path):
+            return  # no factors yet (kronfluence says so) or factors fitted before fingerprints existed
+        with open(path) as fh:
+            have = json.load(fh)
+        mine = {"model": self.model_fingerprint, "config": dict_fingerprint(self.cfg.to_dict()), "tracked": self.tracked}
+        if any(have.get(k) != v for k, v in mine.items()):
+            raise ValueError(f"the EK-FAC factors in {self.out_dir} were fitted for another model or other settings; "
+                             "fit them again (EKFAC.fit) before scoring")
 
     def self_influence(self, images: np.ndarray, name: str = "self") -> np.ndarray:
         """SI(x) = g^T (H + lambda I)^-1 g for each image, (N,)."""
-        self.analyzer.compute_self_scores(name, "ekfac", UInt8Images(images),
+        self.check_factors()
+        self.analyzer.compute_self_scores(name, FACTORS, UInt8Images(images),
                                           per_device_train_batch_size=self.batch_size,
                                           score_args=self._score_args(), overwrite_output_dir=True)
         return self.analyzer.load_self_scores(name)["all_modules"].double().cpu().numpy()
 
     def pairwise(self, query: np.ndarray, train: np.ndarray, name: str = "pairwise") -> np.ndarray:
         """I(z, x) = -g(x)^T (H + lambda I)^-1 g(z) for queries x and training images z, (Q, N)."""
-        self.analyzer.compute_pairwise_scores(name, "ekfac", UInt8Images(query), UInt8Images(train),
+        self.check_factors()
+        self.analyzer.compute_pairwise_scores(name, FACTORS, UInt8Images(query), UInt8Images(train),
                                               per_device_query_batch_size=min(self.batch_size, len(query)),
                                               per_device_train_batch_size=self.batch_size,
                                               score_args=self._score_args(), overwrite_output_dir=True)

@@ -1,8 +1,8 @@
 """Robust image decoding: every file yields either a fixed-size RGB array or an error message.
 
-Grayscale, palette, RGBA and CMYK images are converted to RGB; tiny images are upsampled; huge JPEGs are
-decoded at reduced resolution (``draft``). Missing, truncated and non-image files produce an error string
-instead of an exception, so one bad file never stops a run.
+Grayscale (8, 16 and 32-bit integer, 32-bit float), palette, RGBA and CMYK images are converted to RGB; tiny images
+are upsampled; huge JPEGs are decoded at reduced resolution (``draft``). Missing, truncated, video and other non-image
+files produce an error string instead of an exception, so one bad file never stops a run.
 """
 
 from __future__ import annotations
@@ -19,6 +19,29 @@ if TYPE_CHECKING:
     import torch
 
 Image.MAX_IMAGE_PIXELS = 20_000 * 20_000  # large photos are fine; decompression bombs beyond this are refused
+VIDEO_EXTENSIONS = (".mp4", ".m4v", ".mov", ".avi", ".mkv", ".webm", ".mpg", ".mpeg", ".wmv", ".flv", ".3gp", ".ts")
+
+
+def _high_depth_to_l(im: Image.Image) -> Image.Image:
+    """A 16 / 32-bit integer or float grayscale image -> 8-bit "L" with its true content (PIL's own conversion
+    clips at 255, so a 16-bit image turns white).
+
+    Scale: ``I;16*`` by its range (/ 257). ``I`` / ``F``: the smallest standard range holding the values ([0, 1] for
+    float, [0, 255], [0, 65535]), else a min-max stretch; NaN / inf become 0.
+    """
+    a = np.nan_to_num(np.asarray(im).astype(np.float64), nan=0.0, posinf=0.0, neginf=0.0)  # (H, W)
+    lo, hi = (float(a.min()), float(a.max())) if a.size else (0.0, 0.0)
+    if im.mode.startswith("I;16") and not im.mode.endswith("S"):
+        a = a / 257.0
+    elif im.mode == "F" and lo >= 0 and hi <= 1:
+        a = a * 255.0
+    elif lo >= 0 and hi <= 255:
+        pass
+    elif lo >= 0 and hi <= 65535:
+        a = a / 257.0
+    else:
+        a = (a - lo) * (255.0 / max(hi - lo, 1e-12))
+    return Image.fromarray(np.clip(np.rint(a), 0, 255).astype(np.uint8), "L")
 
 
 def load_rgb(path: str, size: int) -> tuple[np.ndarray | None, str | None]:
@@ -29,20 +52,26 @@ def load_rgb(path: str, size: int) -> tuple[np.ndarray | None, str | None]:
     """
     if not os.path.exists(path):
         return None, f"missing file: {path}"
+    if path.lower().endswith(VIDEO_EXTENSIONS):
+        return None, f"not an image (video file): {path}"
     try:
         with Image.open(path) as im:
             if im.format == "JPEG":
                 im.draft("RGB", (size * 2, size * 2))  # decode huge JPEGs at a fraction of full size
             im = ImageOps.exif_transpose(im)
+            if im.mode in ("I", "F") or im.mode.startswith("I;16"):
+                im = _high_depth_to_l(im)
             if im.mode in ("RGBA", "LA", "P"):
                 im = im.convert("RGBA")
                 bg = Image.new("RGBA", im.size, (255, 255, 255, 255))
                 im = Image.alpha_composite(bg, im)
-            im = im.convert("RGB")  # L, I, F, CMYK, YCbCr -> RGB
+            im = im.convert("RGB")  # L, 1, CMYK, YCbCr, LAB, HSV -> RGB
             im = ImageOps.fit(im, (size, size), method=Image.Resampling.BICUBIC)
             return np.asarray(im, dtype=np.uint8), None
     except Image.DecompressionBombError as e:
         return None, f"image too large: {e}"
+    except Image.UnidentifiedImageError:
+        return None, f"not an image (unrecognised file format): {path}"
     except (OSError, SyntaxError, ValueError) as e:  # truncated, corrupt, not an image
         return None, f"cannot decode image ({type(e).__name__}: {e})"
 

@@ -6,7 +6,8 @@ the image alone, so scores never depend on batching or order, and an exact dupli
 gradient):
 
     l(x) = (1/K) sum_k [1 - cos(f(x), f(t_k(x)))]
-    g(x) = d l(x) / d theta            (theta: weights and biases of every Conv2d / Linear layer; BatchNorm in eval mode)
+    g(x) = d l(x) / d theta            (theta: weights and biases of the Conv2d / Linear layers that run in l and
+                                        get a gradient from it; BatchNorm in eval mode)
     SI(x)   = g(x)^T (H + lambda I)^-1 g(x)              self-influence (>= 0; high = atypical / memorised)
     I(z, x) = -g(x)^T (H + lambda I)^-1 g(z)             train-to-sample influence (Koh & Liang sign: negative
                                                           = upweighting z lowers x's loss = z is a proponent)
@@ -19,6 +20,7 @@ backbone), the tracked layers and the damping are our choices, exposed as parame
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 
@@ -85,15 +87,54 @@ def loss_from_outputs(outs: list[torch.Tensor]) -> torch.Tensor:
     return torch.stack([1 - F.cosine_similarity(ref, o.float(), dim=-1) for o in outs[1:]]).mean(0)
 
 
-def tracked_parameters(model: nn.Module) -> list[str]:
-    """Names of the weights and biases of every Conv2d / Linear layer: what kronfluence's EK-FAC covers
+# The layer types kronfluence 1.0.1 wraps (TrackedLinear / TrackedConv2d), matched by exact type as it does: a
+# subclass such as MultiheadAttention's out_proj (NonDynamicallyQuantizableLinear) is neither called nor tracked.
+TRACKABLE = (nn.Linear, nn.Conv2d)
+_TRACKED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # f -> {input side: module names}
+
+
+def tracked_modules(f: nn.Module, cfg: InfluenceConfig) -> list[str]:
+    """Names of the Linear / Conv2d layers of ``f`` whose forward runs in l(x) and whose weight gets a gradient
+    from it (in ``named_modules`` order).
+
+    Why: a backbone's unused parts (the proxy's projection head when ``output="backbone"``, an open_clip text
+    tower) hold layers that never run; kronfluence cannot fit factors for them and they add nothing to g. Found by
+    one probe forward + backward on 2 synthetic images at ``cfg.augment.size`` (buffers are cloned, so a model in
+    train mode keeps its BatchNorm statistics); cached per model and input side.
+    """
+    size = cfg.augment.size
+    cache = _TRACKED.setdefault(f, {})
+    if size in cache:
+        return list(cache[size])
+    cands = {n: m for n, m in f.named_modules() if type(m) in TRACKABLE and n}
+    params = {n: p.detach().requires_grad_(True) for n, p in f.named_parameters(remove_duplicate=False)}
+    buffers = {n: b.clone() for n, b in f.named_buffers()}
+    ran: set[str] = set()
+    hooks = [m.register_forward_hook(lambda _m, _i, _o, n=n: ran.add(n)) for n, m in cands.items()]
+    ref = next(iter(params.values()), None)
+    device = ref.device if ref is not None else torch.device("cpu")
+    x = torch.rand(2, 3, size, size, generator=torch.Generator().manual_seed(0)).to(device)  # (2, 3, S, S)
+    try:
+        with torch.enable_grad():
+            outs = [functional_call(f, {**params, **buffers}, (v,)) for v in make_views(x, cfg)]
+            loss = loss_from_outputs(outs).sum()
+            weights = [params[f"{n}.weight"] for n in cands]
+            grads = torch.autograd.grad(loss, weights, allow_unused=True) if weights else []
+    finally:
+        for h in hooks:
+            h.remove()
+    names = [n for n, g in zip(cands, grads) if n in ran and g is not None]
+    if not names:
+        raise ValueError("no Linear / Conv2d layer of the model gets a gradient from the augmentation loss")
+    cache[size] = names
+    return list(names)
+
+
+def tracked_parameters(f: nn.Module, cfg: InfluenceConfig) -> list[str]:
+    """Names of the weights and biases of :func:`tracked_modules`: exactly what kronfluence's EK-FAC covers
     (normalisation layers excluded), so every curvature mode scores the same parameters."""
-    names = []
-    for name, m in model.named_modules():
-        if isinstance(m, (nn.Conv2d, nn.Linear)):
-            prefix = f"{name}." if name else ""
-            names += [prefix + p for p in ("weight", "bias") if getattr(m, p) is not None]
-    return names
+    modules = dict(f.named_modules())
+    return [f"{n}.{p}" for n in tracked_modules(f, cfg) for p in ("weight", "bias") if getattr(modules[n], p) is not None]
 
 
 @torch.no_grad()
@@ -105,7 +146,7 @@ def aug_losses(f: SSLOutput, x: torch.Tensor, cfg: InfluenceConfig) -> torch.Ten
 def per_example_grads(f: SSLOutput, x: torch.Tensor, cfg: InfluenceConfig,
                       chunk: int = 32) -> torch.Tensor:
     """g(x) for a batch as (B, P) float32, P = number of tracked weights (``torch.func``: vmap of grad)."""
-    names = tracked_parameters(f)
+    names = tracked_parameters(f, cfg)
     params = dict(f.named_parameters())
     tracked = {n: params[n].detach() for n in names}
     fixed = {n: p.detach() for n, p in params.items() if n not in tracked}
