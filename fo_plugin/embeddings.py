@@ -25,7 +25,8 @@ from .core.embed import embed_array
 from .core.images import iter_decoded
 from .core.models import ProxyConfig, save_proxy
 from .core.train import TrainConfig, train_proxy
-from .features import DecodedImages, canonical, valid_vectors
+from .core.vectors import valid_rows
+from .features import DecodedImages, canonical
 
 METHOD = runs.METHOD_PREFIX + "ssl_embeddings"
 BACKBONES = ("proxy", "open_clip", "torchvision", "torchscript")
@@ -147,7 +148,7 @@ def compute_ssl_embeddings(
                 got = embed_array(net, images[ok], net.image_size, dev, batch_size)
                 emb = np.zeros((len(images), got.shape[1]), np.float32)
                 emb[ok] = got
-                good &= valid_vectors(emb)
+                good &= valid_rows(emb)
             errors = [e if e or g else "the model gave a non-finite or all-zero embedding"
                       for e, g in zip(errors, good)]
             run.write("embedding", chunk_ids, [emb[i] if good[i] else None for i in range(len(chunk_ids))])

@@ -16,7 +16,7 @@ from .core.augment import AugmentConfig
 from .core.backbones import Backbone, load_backbone
 from .core.embed import embed_array
 from .core.images import iter_decoded, to_float
-
+from .core.vectors import valid_rows
 
 DECODED_PREFIX = "decoded-"  # temporary memmap folders; a killed run's are removed by the next run of its key
 
@@ -71,12 +71,6 @@ def canonical(samples: fo.core.collections.SampleCollection) -> tuple[list[str],
 def embeddings_run_config(dataset: fo.Dataset, run_key: str) -> dict:
     """The config of a complete ssl_embeddings run ``run_key``, with a clear error if there is none."""
     return runs.require(dataset, run_key, "ssl_embeddings", "compute_ssl_embeddings")
-
-
-def valid_vectors(z: np.ndarray) -> np.ndarray:
-    """Rows that can be used as embeddings: finite and not all zero, (N,) bool."""
-    z = np.asarray(z)
-    return np.isfinite(z).all(axis=1) & (np.abs(z).sum(axis=1) > 0)
 
 
 def load_run_model(dataset: fo.Dataset, run_key: str, device: torch.device) -> tuple[Backbone, AugmentConfig]:
@@ -150,7 +144,7 @@ def field_vectors(samples: fo.core.collections.SampleCollection, field: str, ids
         else:
             z[n] = np.asarray(v, dtype=np.float32)
     ok = np.array([i not in rejected for i in ids])
-    bad = ok & ~valid_vectors(z)
+    bad = ok & ~valid_rows(z)
     for n in np.flatnonzero(bad):
         rejected[ids[n]] = f"{field!r} holds a NaN / inf or all-zero vector"
     ok &= ~bad

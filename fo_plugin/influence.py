@@ -135,7 +135,7 @@ def compute_ssl_influence(
                 torch.save({"diag": diag.cpu(), "damping": lam}, os.path.join(rdir, "diagonal.pt"))
                 progress(0.4, "diagonal Fisher fitted")
             scale = preconditioner(cfg, diag, lam)
-            tracked = set(tracked_parameters(f))
+            tracked = set(tracked_parameters(f, cfg))
             n_params = sum(p.numel() for name, p in f.named_parameters() if name in tracked)
             if project_dim:
                 sketch = CountSketch(n_params, project_dim, seed, dev)
