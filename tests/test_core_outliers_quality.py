@@ -1,0 +1,122 @@
+"""Outlier families and combination on planted out-of-domain images among real CIFAR-10 photos; image statistics;
+quality flags on real and degraded images. Core only (no FiftyOne)."""
+
+from __future__ import annotations
+
+import io
+import os
+import zipfile
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image, ImageFilter
+
+from fo_plugin.core.image_stats import STATS, image_stats
+from fo_plugin.core.ood_images import KINDS, ood_group, ood_images
+from fo_plugin.core.outliers import SCALES, auroc, outlier_scores, percentile_rank
+from fo_plugin.core.quality import THRESHOLDS, quality_flags
+
+DATA = os.environ.get("FO_SSL_SHARED_DATA",
+                      os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
+                                   "shared", "data"))
+N = 600
+
+
+def _jpeg(images: np.ndarray) -> np.ndarray:
+    out = []
+    for im in images:
+        b = io.BytesIO()
+        Image.fromarray(im).save(b, "JPEG", quality=75)
+        out.append(np.asarray(Image.open(b).convert("RGB")))
+    return np.stack(out)
+
+
+def _embed(images: np.ndarray) -> torch.Tensor:
+    """Stand-in SSL embedding (as bench/bench_outliers.py): a seeded random 4-layer CNN's pooled features (N, 128)."""
+    torch.manual_seed(0)
+    c = torch.nn
+    net = c.Sequential(c.Conv2d(3, 32, 3, padding=1), c.ReLU(), c.Conv2d(32, 32, 3, padding=1), c.ReLU(),
+                       c.MaxPool2d(2), c.Conv2d(32, 64, 3, padding=1), c.ReLU(), c.MaxPool2d(2),
+                       c.Conv2d(64, 128, 3, padding=1), c.ReLU(), c.AdaptiveAvgPool2d(1), c.Flatten()).eval()
+    x = torch.as_tensor(images).permute(0, 3, 1, 2).float() / 255
+    x = (x - torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)) / torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+    with torch.no_grad():
+        return net(x)
+
+
+@pytest.fixture(scope="module")
+def photos() -> np.ndarray:
+    path = os.path.join(DATA, "cifar10", "cifar10-jpeg.zip")
+    if not os.path.exists(path):
+        pytest.skip("CIFAR-10 zip not found")
+    with zipfile.ZipFile(path) as z:
+        names = sorted(m for m in z.namelist() if m.startswith("cifar10/test/") and m.endswith(".jpg"))
+        pick = np.random.default_rng(0).choice(len(names), N, replace=False)
+        return np.stack([np.asarray(Image.open(io.BytesIO(z.read(names[i]))).convert("RGB")) for i in pick])
+
+
+@pytest.fixture(scope="module")
+def photo_features(photos):
+    return _embed(photos), image_stats(photos)
+
+
+@pytest.mark.parametrize("kind", KINDS + ("digits",))
+def test_combined_score_finds_scattered_and_grouped_ood_of_each_kind(kind, photos, photo_features):
+    emb, stats = photo_features
+    # Known shortfalls: scattered microscopy (stained-tissue crops look photo-like in colour and texture) reaches only
+    # ~0.89 at 5,000 photos (bench_outliers); scattered textures ~0.88 on this small set (0.95 at 5,000). Both are
+    # dragged down by the stand-in embedding, which ranks them BELOW the photos (ssl AUROC 0.3-0.5).
+    floor = {("microscopy", 10): 0.75, ("textures", 10): 0.85}
+    for planted in (ood_images(kind, 10, 32, seed=3), ood_group(kind, 20, 32, seed=3)):
+        planted = _jpeg(planted)
+        ps = image_stats(planted)
+        out = outlier_scores(torch.cat([emb, _embed(planted)]),
+                             stats={k: np.r_[stats[k], ps[k]] for k in stats})
+        positive = np.r_[np.zeros(N, bool), np.ones(len(planted), bool)]
+        a = auroc(out["score"], positive)
+        assert a >= floor.get((kind, len(planted)), 0.9), (kind, len(planted), a, auroc(out["ssl_score"], positive), auroc(out["stats_score"], positive))
+        assert out["score"].min() >= 0 and out["score"].max() <= 1
+        assert {"ssl_score", "stats_score", "stats_kth_10", "stats_tight_10_100", "kth_10", "knn"} <= set(out)
+
+
+def test_embedding_alone_without_tightness_is_the_previous_score(photo_features):
+    emb = photo_features[0]
+    out = outlier_scores(emb, tightness=False)
+    ranks = np.stack([percentile_rank(out[f"kth_{k}"]) for k in SCALES])
+    np.testing.assert_allclose(out["score"], ranks.max(0))
+    assert auroc(np.r_[2.0, 3.0, 0.0, 1.0], np.r_[True, True, False, False]) == 1.0
+
+
+def test_image_stats_lie_in_their_documented_ranges(photos):
+    imgs = np.concatenate([photos[:200]] + [_jpeg(ood_images(k, 8, 32, seed=1)) for k in KINDS])
+    s = image_stats(imgs, sizes=np.tile([32, 64], (len(imgs), 1)))
+    for name, ((lo, hi), _) in STATS.items():
+        assert np.all((s[name] >= lo) & (s[name] <= hi)), (name, s[name].min(), s[name].max())
+    assert np.allclose(s["aspect"], 2.0) and np.allclose(s["side"], np.sqrt(32 * 64))
+    flat = image_stats(np.full((1, 32, 32, 3), (200, 40, 40), np.uint8))
+    assert flat["dominant_colour"][0] == 1.0 and flat["entropy"][0] == 0.0 and flat["gray_fraction"][0] == 0.0
+    gray = image_stats(np.repeat(photos[:20].mean(-1, keepdims=True), 3, -1).astype(np.uint8))
+    assert np.all(gray["gray_fraction"] == 1.0) and np.all(gray["colourfulness"] < 1e-6)
+
+
+def test_quality_flags_fire_on_degraded_copies_and_rarely_on_photos(photos):
+    flags, values = quality_flags(photos)
+    rates = {f: float(v.mean()) for f, v in flags.items()}
+    assert set(flags) == set(THRESHOLDS) - {"odd_aspect", "odd_size"}
+    for f in ("dark", "bright", "blurry", "low_information"):
+        assert rates[f] <= 0.01, rates
+    assert 0.0 < rates["grayscale"] <= 0.06, rates  # CIFAR has a few real grayscale images
+    x = photos[:100]
+    blurred = np.stack([np.asarray(Image.fromarray(i).filter(ImageFilter.GaussianBlur(2))) for i in x])
+    copies = {"dark": (x * 0.25).astype(np.uint8), "bright": (255 - (255 - x.astype(float)) * 0.25).astype(np.uint8),
+              "blurry": blurred, "grayscale": np.repeat(x.mean(-1, keepdims=True), 3, -1).astype(np.uint8),
+              "low_information": np.full((5, 32, 32, 3), 128, np.uint8)}
+    for f, imgs in copies.items():
+        fl, v = quality_flags(imgs)
+        assert fl[f].mean() >= 0.9, (f, fl[f].mean())
+        assert np.median(v[f]) > np.median(values[f])
+    sizes = np.array([[32, 32]] * 20 + [[32, 80], [200, 40], [4, 4], [400, 400]])
+    fl, v = quality_flags(np.repeat(photos[:1], len(sizes), 0), sizes=sizes)
+    assert fl["odd_aspect"].tolist() == [False] * 20 + [True, True, False, False]
+    assert fl["odd_size"].tolist() == [False] * 22 + [True, True]
