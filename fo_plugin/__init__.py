@@ -8,7 +8,8 @@ Influence:
     :func:`compute_ssl_influence` -- label-free self-influence, augmentation loss, duplicate pairs.
     :func:`find_influential_training_samples` -- "what shaped this image": proponents and opponents.
 Curation:
-    :func:`find_near_duplicates`, :func:`find_outliers`, :func:`audit_subgroups`, :func:`export_curated`.
+    :func:`find_near_duplicates`, :func:`find_outliers`, :func:`find_quality_issues`, :func:`audit_subgroups`,
+    :func:`export_curated`.
 Runs:
     :func:`list_runs`, :func:`get_run_config`, :func:`load_run_results`, :func:`delete_run`.
 Data:
@@ -60,6 +61,13 @@ def find_near_duplicates(samples, run_key="dups", **kwargs):
 def find_outliers(samples, run_key="outliers", **kwargs):
     """See :func:`fo_plugin.outliers.find_outliers`."""
     from .outliers import find_outliers as f
+
+    return f(samples, run_key, **kwargs)
+
+
+def find_quality_issues(samples, run_key="quality", **kwargs):
+    """See :func:`fo_plugin.quality.find_quality_issues`."""
+    from .quality import find_quality_issues as f
 
     return f(samples, run_key, **kwargs)
 

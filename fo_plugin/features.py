@@ -152,6 +152,29 @@ def field_vectors(samples: fo.core.collections.SampleCollection, field: str, ids
     return torch.as_tensor(z)[None], ok, rejected
 
 
+STATS_SIZE = 32  # image statistics are compared at one decoded size (their defaults were chosen at 32 px)
+
+
+def image_statistics(paths: list[str], sizes: bool = False, progress=None
+                     ) -> tuple[dict[str, np.ndarray], np.ndarray, list[str | None]]:
+    """``core.image_stats`` of every image, decoded batch by batch at ``STATS_SIZE`` (bounded memory), with the
+    original (H, W) geometry when ``sizes``; returns (stats of the readable images, success mask, error messages)."""
+    from .core.image_stats import image_stats
+    from .core.images import image_sizes
+
+    parts, oks, errors = [], [], []
+    for start, images, ok, errs in iter_decoded(paths, STATS_SIZE):
+        hw = image_sizes(paths[start:start + len(images)])[ok] if sizes else None
+        parts.append(image_stats(images[ok], hw))
+        oks.append(ok)
+        errors += errs
+        if progress:
+            progress((start + len(images)) / max(len(paths), 1), f"image statistics {start + len(images)}/{len(paths)}")
+    ok = np.concatenate(oks) if oks else np.zeros(0, bool)
+    stats = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]} if parts else {}
+    return stats, ok, errors
+
+
 def is_categorical(ftype) -> bool:
     """A Classification, or a string / int / bool field: something whose values name groups."""
     if isinstance(ftype, fo.EmbeddedDocumentField):

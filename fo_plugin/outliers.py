@@ -1,5 +1,6 @@
-"""``find_outliers``: a per-sample outlier score (multi-scale kNN distance in the SSL embedding space, optionally
-combined with self-influence), a flag for the top fraction or a threshold, a tag, a saved view and a histogram."""
+"""``find_outliers``: a per-sample outlier score combining multi-scale kNN in the SSL embedding, multi-scale kNN
+among image statistics and optionally self-influence (each kept as its own field), a flag for the top fraction or a
+threshold, a tag, a saved view and a histogram."""
 
 from __future__ import annotations
 
@@ -13,16 +14,17 @@ from fiftyone import ViewField as F
 
 from . import params, runs
 from .core.outliers import SCALES, outlier_scores
-from .features import canonical, field_vectors
+from .features import canonical, field_vectors, image_statistics
 
 METHOD = runs.METHOD_PREFIX + "outliers"
 
 
 def outlier_fields(run_key: str) -> dict[str, str]:
-    return {k: f"{run_key}_{k}" for k in ("score", "knn", "flag", "error")}
+    return {k: f"{run_key}_{k}" for k in ("score", "flag", "reason", "ssl", "stats", "influence", "knn", "error")}
 
 
-FIELD_TYPES = {"score": fo.FloatField, "knn": fo.FloatField, "flag": fo.BooleanField, "error": fo.StringField}
+FIELD_TYPES = {"score": fo.FloatField, "flag": fo.BooleanField, "reason": fo.StringField, "ssl": fo.FloatField,
+               "stats": fo.FloatField, "influence": fo.FloatField, "knn": fo.FloatField, "error": fo.StringField}
 
 
 def _names(run_key: str) -> tuple[str, str]:
@@ -34,8 +36,9 @@ def find_outliers(
     samples: fo.core.collections.SampleCollection,
     run_key: str = "outliers",
     *,
-    embeddings_field: str = "ssl_embedding",
+    embeddings_field: str | None = "ssl_embedding",
     scales: tuple[int, ...] = SCALES,
+    image_stats: bool = True,
     influence_run: str | None = None,
     fraction: float | None = 0.02,
     threshold: float | None = None,
@@ -46,9 +49,16 @@ def find_outliers(
 
     Args:
         samples: a dataset or view.
-        run_key ("outliers"): names the run; fields ``<key>_score`` (in [0, 1]), ``<key>_knn`` (mean cosine
-            distance to the 10 nearest neighbours), ``<key>_flag``.
-        scales: neighbour ranks of the multi-scale score (see :mod:`fo_plugin.core.outliers`).
+        run_key ("outliers"): names the run; fields ``<key>_score`` (combined, in [0, 1]), ``<key>_flag``,
+            ``<key>_reason`` (the component and scale that ranked the sample highest), each component's own score
+            in [0, 1] (``<key>_ssl``: multi-scale kNN in the embedding; ``<key>_stats``: multi-scale kNN among
+            image statistics such as colourfulness, exposure, sharpness, entropy, edge orientation;
+            ``<key>_influence``: self-influence rank), ``<key>_knn`` (mean cosine distance to the 10 nearest
+            neighbours in the embedding) and ``<key>_error`` (why a sample was not scored).
+        embeddings_field ("ssl_embedding"): the embedding of the ``ssl`` component (None: image statistics only).
+        scales: neighbour ranks of the multi-scale scores (see :mod:`fo_plugin.core.outliers`).
+        image_stats (True): add the image-statistics component: it flags documents, textures, drawings,
+            screenshots and flat colour that an embedding trained on photos can place among the photos.
         influence_run (None): also combine the self-influence of this influence run.
         fraction (0.02): flag this top fraction; or ``threshold``: flag scores >= threshold.
     """
@@ -62,37 +72,57 @@ def find_outliers(
     scales = tuple(params.integer("scales", s, 1) for s in scales)
     if influence_run:
         runs.require(dataset, influence_run, "ssl_influence", "compute_ssl_influence")
+    if not embeddings_field and not image_stats:
+        raise ValueError("outliers need an embeddings_field, image_stats=True, or both")
     names = outlier_fields(run_key)
+    if not embeddings_field:
+        names = {k: v for k, v in names.items() if k not in ("ssl", "knn")}
+    if not image_stats:
+        names.pop("stats")
+    if not influence_run:
+        names.pop("influence")
     tag, view_name = _names(run_key)
-    config = {"embeddings_field": embeddings_field, "scales": list(scales), "influence_run": influence_run,
-              "fraction": fraction, "threshold": threshold}
+    config = {"embeddings_field": embeddings_field, "scales": list(scales), "image_stats": image_stats,
+              "influence_run": influence_run, "fraction": fraction, "threshold": threshold}
     run = runs.Run(samples, run_key, "outliers", {k: (v, FIELD_TYPES[k], {}) for k, v in names.items()}, config,
                    overwrite=overwrite, minimum=3, what="outlier scores")
     with run:
         t0 = time.perf_counter()
-        ids, _ = canonical(samples)
-        z, ok, rejected = field_vectors(samples, embeddings_field, ids)
-        extra = None
+        ids, paths = canonical(samples)
+        rejected: dict[str, str] = {}
+        z = None
+        if embeddings_field:
+            z, ok, rejected = field_vectors(samples, embeddings_field, ids)
+        stats = None
+        if image_stats:
+            stats, readable, errors = image_statistics(paths, progress=lambda f, s: progress(0.5 * f, s))
+            for i, good, e in zip(ids, readable, errors):
+                if not good:
+                    rejected.setdefault(i, e or "the image could not be decoded")
+            row = np.cumsum(readable) - 1  # index into stats of each readable image
         if influence_run:
             field = f"{influence_run}_self_influence"
             by_id = dict(zip(*samples.values(["id", field])))
             for i in ids:
-                if by_id.get(i) is None and i not in rejected:
-                    rejected[i] = f"no self-influence in {field!r}"
-            ok = np.array([i not in rejected for i in ids])
-        valid = np.flatnonzero(ok)
+                if by_id.get(i) is None:
+                    rejected.setdefault(i, f"no self-influence in {field!r}")
+        valid = np.array([n for n, i in enumerate(ids) if i not in rejected], dtype=np.int64)
         vids = [ids[i] for i in valid]
         if len(vids) < 3:
-            raise ValueError(f"outlier scores need at least 3 samples with a usable embedding; {len(vids)} have one")
-        if influence_run:
-            extra = {"self_influence": np.array([by_id[i] for i in vids], dtype=float)}
-        parts = outlier_scores(z[0, torch.as_tensor(valid)], scales, extra)
+            raise ValueError(f"outlier scores need at least 3 samples that can be scored; {len(vids)} can be")
+        extra = {"influence": np.array([by_id[i] for i in vids], dtype=float)} if influence_run else None
+        parts = outlier_scores(z[0, torch.as_tensor(valid)] if z is not None else None, scales, extra,
+                               stats={k: v[row[valid]] for k, v in stats.items()} if stats else None)
         score = parts["score"]
         flag = score >= threshold if threshold is not None else _top(score, fraction)
-        progress(0.6, f"{int(flag.sum())} outliers flagged")
+        progress(0.8, f"{int(flag.sum())} outliers flagged")
         run.write("score", vids, score.tolist())
-        run.write("knn", vids, parts["knn"].astype(float).tolist())
         run.write("flag", vids, flag.tolist())
+        run.write("reason", vids, parts["scale"].tolist())
+        for short, key in (("ssl", "ssl_score"), ("stats", "stats_score"), ("influence", "influence_score"),
+                           ("knn", "knn")):
+            if short in names:
+                run.write(short, vids, np.asarray(parts[key], float).tolist())
         run.write("error", list(rejected), list(rejected.values()))
         f_, s_ = names["flag"], names["score"]
         run.tag(tag, lambda ds: ds.match(F(f_) == True))
@@ -100,8 +130,12 @@ def find_outliers(
                       f"flagged by outlier run {run_key!r}, most unusual first")
         counts, edges = np.histogram(score, bins=20, range=(0, 1))
         cut = float(threshold if threshold is not None else (score[flag].min() if flag.any() else 1.0))
+        reasons = {}
+        for r in parts["scale"][flag]:
+            family = str(r).split(":")[0]
+            reasons[family] = reasons.get(family, 0) + 1
         summary = run.commit(num_samples=len(ids), num_scored=len(vids), num_skipped=len(ids) - len(vids),
-                             num_flagged=int(flag.sum()), cutoff=cut,
+                             num_flagged=int(flag.sum()), flagged_by_component=reasons, cutoff=cut,
                              histogram={"counts": counts.tolist(), "edges": edges.tolist()},
                              saved_views=[view_name], tags=[tag], seconds=time.perf_counter() - t0)
     progress(1.0, "done")

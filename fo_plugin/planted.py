@@ -73,3 +73,21 @@ def plant_outliers(folder: str, scattered: int = 20, grouped: int = 20, seed: in
         Image.fromarray(noisy).save(p)
         rows.append({"filepath": p, "kind": "grouped"})
     return rows
+
+
+def plant_ood_kinds(folder: str, per_kind: int = 10, group: int = 20, seed: int = 0) -> list[dict]:
+    """Out-of-domain images of every kind of :mod:`fo_plugin.core.ood_images` (``per_kind`` scattered images each),
+    plus one tight group of ``group`` MNIST digits, saved as 32 x 32 JPEG (quality 75, like the CIFAR files, so the
+    file format gives nothing away). Returns rows ``{"filepath", "kind"}`` (kind ``"group"`` for the digits)."""
+    from .core.ood_images import KINDS, ood_group, ood_images
+
+    os.makedirs(folder, exist_ok=True)
+    rows = []
+    batches = [(kind, ood_images(kind, per_kind, 32, seed)) for kind in KINDS]
+    batches.append(("group", ood_group("digits", group, 32, seed)))
+    for kind, images in batches:
+        for n, arr in enumerate(images):
+            path = os.path.join(folder, f"ood_{kind}_{n:03d}.jpg")
+            Image.fromarray(arr).save(path, quality=75)
+            rows.append({"filepath": path, "kind": kind})
+    return rows

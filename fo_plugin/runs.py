@@ -33,7 +33,7 @@ import fiftyone as fo
 METHOD_PREFIX = "fo_plugin."
 NAMES = {"ssl_embeddings": "SSL embeddings", "ssl_influence": "influence", "influence_query": "influence query",
          "near_duplicates": "near-duplicates", "clcore": "CL-Core", "outliers": "outliers",
-         "subgroup_audit": "subgroup audit"}
+         "subgroup_audit": "subgroup audit", "quality": "image quality"}
 STAGING = "_ssl_staging"  # no "__": mongoengine reads it as a path separator
 _KEY_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
 

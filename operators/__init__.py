@@ -1,12 +1,12 @@
 """App-facing operators: collect inputs, call :mod:`fo_plugin`, report. No numeric work here."""
 
 from .clcore import ComputeCLCore
-from .curation import AuditSubgroups, ExportCurated, FindNearDuplicates, FindOutliers
+from .curation import AuditSubgroups, ExportCurated, FindNearDuplicates, FindOutliers, FindQualityIssues
 from .embeddings import ComputeSSLEmbeddings
 from .influence import ComputeSSLInfluence, FindInfluentialTrainingSamples
 from .runs import DeleteSSLRun
 
 OPERATORS = [
     ComputeSSLEmbeddings, ComputeCLCore, ComputeSSLInfluence, FindInfluentialTrainingSamples,
-    FindNearDuplicates, FindOutliers, AuditSubgroups, ExportCurated, DeleteSSLRun,
+    FindNearDuplicates, FindOutliers, FindQualityIssues, AuditSubgroups, ExportCurated, DeleteSSLRun,
 ]

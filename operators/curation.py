@@ -79,6 +79,52 @@ class FindNearDuplicates(CurationOperator):
         return types.Property(outputs, view=types.View(label="Near-duplicates"))
 
 
+class FindQualityIssues(CurationOperator):
+    @property
+    def config(self):
+        return operator_config("find_quality_issues", "SSL curation: find image quality issues",
+                               "Too dark, too bright, blurry, low information, grayscale, odd aspect ratio or size")
+
+    def resolve_input(self, ctx):
+        from fo_plugin.core.quality import THRESHOLDS
+        from fo_plugin.quality import quality_fields
+
+        inputs = types.Object()
+        add_target(ctx, inputs)
+        inputs.view("about", types.Notice(label="A sample is flagged when a flag's statistic exceeds its threshold "
+                                                "(higher = worse); the defaults flag well under 1% of ordinary photos"))
+        for flag, default in THRESHOLDS.items():
+            bounded_float(ctx, inputs, f"threshold_{flag}", default, f"{flag.replace('_', ' ')} threshold", 0.0,
+                          1e6)
+        add_run_key(ctx, inputs, "quality", lambda k: quality_fields(k).values())
+        return types.Property(inputs, view=types.View(label="Find image quality issues"))
+
+    def execute(self, ctx):
+        self.check_params(ctx)
+        from fo_plugin import find_quality_issues
+        from fo_plugin.core.quality import THRESHOLDS
+
+        p = ctx.params
+        out = find_quality_issues(ctx.target_view(), p.get("run_key") or "quality",
+                                  thresholds={f: p[f"threshold_{f}"] for f in THRESHOLDS
+                                              if p.get(f"threshold_{f}") is not None},
+                                  progress=self.progress(ctx))
+        reload_app(ctx)
+        out["counts_table"] = [{"flag": f, "samples": n, "threshold": out["thresholds"][f]}
+                               for f, n in out["counts"].items()]
+        return out
+
+    def resolve_output(self, ctx):
+        outputs = types.Object()
+        outputs.int("num_flagged", label="Images with at least one issue")
+        outputs.int("num_skipped", label="Images that could not be read (see the error field)")
+        table = types.TableView()
+        for c in ("flag", "samples", "threshold"):
+            table.add_column(c, label=c)
+        outputs.list("counts_table", types.Object(), label="Flags", view=table)
+        return types.Property(outputs, view=types.View(label="Image quality issues"))
+
+
 class FindOutliers(CurationOperator):
     @property
     def config(self):
@@ -95,6 +141,9 @@ class FindOutliers(CurationOperator):
             return types.Property(inputs)
         bounded_float(ctx, inputs, "fraction", 0.02, "Fraction to flag", 0.0, 1.0,
                        "Pick it by eye from the histogram of a first run; 0 flags none")
+        inputs.bool("image_stats", default=True, label="Combine image statistics",
+                    description="Colour, exposure, sharpness, entropy, edges: catches documents, textures, drawings, "
+                                "screenshots and flat colour that an embedding of photos can miss")
         infl = runs.list_runs(ctx.dataset, "ssl_influence")
         if infl:
             dropdown(inputs, "influence_run", infl, "Also combine self-influence (optional)")
@@ -109,6 +158,7 @@ class FindOutliers(CurationOperator):
         out = find_outliers(ctx.target_view(), p.get("run_key") or "outliers",
                             embeddings_field=p.get("embeddings_field", "ssl_embedding"),
                             fraction=p.get("fraction", 0.02), influence_run=p.get("influence_run") or None,
+                            image_stats=p.get("image_stats", True),
                             progress=self.progress(ctx))
         reload_app(ctx)
         h = out["histogram"]

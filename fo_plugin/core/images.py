@@ -114,3 +114,18 @@ def to_float(batch_uint8, device) -> torch.Tensor:
 
     t = torch.as_tensor(np.asarray(batch_uint8)).to(device, non_blocking=True)
     return t.permute(0, 3, 1, 2).float().div_(255.0)
+
+
+def image_sizes(paths: Sequence[str], workers: int | None = None) -> np.ndarray:
+    """Original (H, W) of each file from its header alone (cheap: no decoding); (0, 0) where it cannot be read."""
+
+    def size(p: str) -> tuple[int, int]:
+        try:
+            with Image.open(p) as im:
+                w, h = im.size
+                return (h, w) if im.getexif().get(0x0112, 1) < 5 else (w, h)  # EXIF 5-8: turned 90 degrees
+        except Exception:  # missing, not an image: the decode step reports why
+            return (0, 0)
+
+    with ThreadPoolExecutor(workers or min(8, os.cpu_count() or 1)) as pool:
+        return np.array(list(pool.map(size, paths)), dtype=np.int64).reshape(-1, 2)
