@@ -1,8 +1,7 @@
 """Cosine k-nearest neighbours at scale: exact in memory-budgeted tiles, or an approximate faiss index on CPU.
 
 The exact path tiles queries x database so one similarity block never exceeds ``max_block_bytes`` (a running top-k
-is merged across database tiles), whatever N is; it runs on the device of the input tensor (a GPU does 1M rows in
-seconds). On CPU, exact search is quadratic in N, so for large N ``method="auto"`` uses a faiss IVF-Flat index
+is merged across database tiles), whatever N is; it runs on the device of the input tensor. On CPU, exact search is quadratic in N, so for large N ``method="auto"`` uses a faiss IVF-Flat index
 (clustered k-means cells, ``nprobe`` cells searched per query): on 2 cores it builds and searches several times
 faster than HNSW at the same recall (see ``bench/bench_knn.py``). Built once per embedding and shared by the
 duplicate and outlier scores.
@@ -34,7 +33,7 @@ def knn(x: torch.Tensor, k: int, method: str = "auto", max_block_bytes: int = MA
             not installed, else IVF-Flat.
         max_block_bytes (256 MB): the most memory one exact similarity block may take.
         nprobe (None): IVF cells searched per query (None: 16, recall@10 >= 0.99 on clustered data, see
-            ``bench/bench_knn.py``); for HNSW, the search breadth ``efSearch`` (None: max(64, 2 k)).
+            ``bench/bench_knn.py``; more when 16 cells hold fewer than ~4 k rows); for HNSW, the search breadth ``efSearch`` (None: max(64, 2 k)).
         use_faiss: deprecated alias: True = ``"ivf"``, False = ``"exact"``.
 
     Returns:
@@ -105,6 +104,7 @@ def exact_search(q: torch.Tensor, db: torch.Tensor, k: int, db_ids: np.ndarray |
             own = ((tid >= qs) & (tid < qe)).nonzero().squeeze(1)  # database columns that are a query of the tile
             block[tid[own] - qs, own] = -float("inf")
             top = block.topk(min(k, de - ds), dim=1)
+            del block  # free before the next block is computed: one block alive at a time
             if ds == 0 and de == nd:
                 best_s, best_i = top.values, top.indices
                 break
@@ -143,7 +143,8 @@ def build_index(z: torch.Tensor, method: str = "ivf", nlist: int | None = None, 
 def index_search(index, q: torch.Tensor, k: int, nprobe: int | None = None,
                  self_ids: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Top-k of unit query rows ``q`` (Nq, D) in a :func:`build_index` index; ``self_ids`` (Nq,) = the index row
-    each query is (excluded). ``nprobe``: IVF cells per query (default 16) or HNSW efSearch
+    each query is (excluded). ``nprobe``: IVF cells per query (default: 16, or enough cells to hold ~4 k rows) or
+    HNSW efSearch
     (default max(64, 2k)). Returns int64 (Nq, k) indices (-1 = not found) and float32 similarities, best first."""
     import faiss
 
@@ -152,7 +153,8 @@ def index_search(index, q: torch.Tensor, k: int, nprobe: int | None = None,
     if isinstance(index, faiss.IndexHNSWFlat):
         params = faiss.SearchParametersHNSW(efSearch=max(nprobe or 64, 2 * (k + extra)))
     else:
-        params = faiss.SearchParametersIVF(nprobe=min(nprobe or 16, index.nlist))
+        nprobe = nprobe or max(16, math.ceil(4 * (k + extra) * index.nlist / max(index.ntotal, 1)))
+        params = faiss.SearchParametersIVF(nprobe=min(nprobe, index.nlist))
     sim, idx = index.search(qc, k + extra, params=params)
     if self_ids is not None:
         idx, sim = _drop_self(idx, sim, np.asarray(self_ids), k)
@@ -167,8 +169,8 @@ def kth_neighbour_distances(x: torch.Tensor, ks: tuple[int, ...] | list[int], me
 
     Searched in chunks of ``chunk`` query rows, keeping only the requested columns: memory is O(N len(ks) +
     chunk max(ks)), never an (N, max(ks)) table. With an IVF index the cost hardly depends on k (each query scans
-    ``nprobe`` cells either way); ``nprobe`` defaults to enough cells to hold about 4 max(ks) candidates (>= 16),
-    which keeps the k=300 distances at Spearman >= 0.99 against exact (a random reference subsample of m rows,
+    ``nprobe`` cells either way); ``nprobe`` defaults to enough cells to hold about 4 max(ks) candidates (>= 16,
+    see :func:`index_search`), which keeps the k=300 distances at Spearman >= 0.99 against exact (a random reference subsample of m rows,
     the (k m / N)-th neighbour among them, measured only 0.88 at m = N / 5: see ``bench/bench_knn.py``).
 
     Args:
@@ -189,8 +191,6 @@ def kth_neighbour_distances(x: torch.Tensor, ks: tuple[int, ...] | list[int], me
     index = None
     if method != "exact":
         index = build_index(z, method)
-        if method == "ivf" and nprobe is None:
-            nprobe = max(16, math.ceil(4 * kmax * index.nlist / n))
     out = {k: np.empty(n, np.float32) for k in ks}
     cols = np.array(ks) - 1
     for s in range(0, n, chunk):
