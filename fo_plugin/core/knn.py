@@ -2,9 +2,10 @@
 
 The exact path tiles queries x database so one similarity block never exceeds ``max_block_bytes`` (a running top-k
 is merged across database tiles), whatever N is; it runs on the device of the input tensor. On CPU, exact search is quadratic in N, so for large N ``method="auto"`` uses a faiss IVF-Flat index
-(clustered k-means cells, ``nprobe`` cells searched per query): on 2 cores it builds and searches several times
-faster than HNSW at the same recall (see ``bench/bench_knn.py``). Built once per embedding and shared by the
-duplicate and outlier scores.
+(k-means cells, ``nprobe`` cells searched per query), chosen over HNSW by measurement (``bench/bench_knn.py``,
+2 cores, N = 200k, 128-d clustered): IVF 96 s, recall@10 0.995, every planted copy found; HNSW (M=32, ef=64) 229 s,
+recall 0.985, 99.4% of copies; also less memory. Built once per embedding and shared by the duplicate and outlier
+scores.
 """
 
 from __future__ import annotations
