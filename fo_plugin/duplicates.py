@@ -14,7 +14,8 @@ import torch
 from fiftyone import ViewField as F
 
 from . import params, runs
-from .core.duplicates import find_duplicates, pixel_signatures, representatives
+from .core.duplicates import find_duplicates, groups, pixel_signatures, representatives
+from .core.hashing import file_hash, hash_groups
 from .features import DecodedImages, canonical, field_vectors
 
 METHOD = runs.METHOD_PREFIX + "near_duplicates"
@@ -22,10 +23,11 @@ POLICIES = ("clcore", "influence", "largest_file", "first")
 
 
 def duplicate_fields(run_key: str) -> dict[str, str]:
-    return {k: f"{run_key}_{k}" for k in ("group", "keep", "score", "error")}
+    return {k: f"{run_key}_{k}" for k in ("group", "kind", "keep", "score", "error")}
 
 
-FIELD_TYPES = {"group": fo.IntField, "keep": fo.BooleanField, "score": fo.FloatField, "error": fo.StringField}
+FIELD_TYPES = {"group": fo.IntField, "kind": fo.StringField, "keep": fo.BooleanField, "score": fo.FloatField,
+               "error": fo.StringField}
 
 
 def _names(run_key: str) -> tuple[str, str, str, str]:
@@ -73,7 +75,8 @@ def find_near_duplicates(
 ) -> dict:
     """Group near-duplicates and flag one representative per group.
 
-    A pair is reported when the two samples are among each other's ``k`` nearest SSL neighbours with cosine
+    Byte-identical files are found first by hashing (group kind ``"exact"``, whether or not they have an
+    embedding). A near-duplicate pair is reported when the two samples are among each other's ``k`` nearest SSL neighbours with cosine
     >= ``threshold`` and every confirming signal agrees: the correlation of their 32x32 grayscale thumbnails
     >= ``pixel_threshold`` (the layout) and of the thumbnails' fine detail >= ``detail_threshold`` (None skips a
     check; see :mod:`fo_plugin.core.duplicates`), and, with ``influence_run``, the cosine of their influence
@@ -81,7 +84,8 @@ def find_near_duplicates(
 
     Args:
         samples: a dataset or view.
-        run_key ("dups"): names the run; fields ``<key>_group`` (None: no duplicate), ``<key>_keep`` (False: a
+        run_key ("dups"): names the run; fields ``<key>_group`` (None: no duplicate), ``<key>_kind`` ("exact":
+            in a group of byte-identical files; "near": confirmed near-duplicates), ``<key>_keep`` (False: a
             duplicate an export would drop), ``<key>_score`` (best SSL cosine to another sample).
         embeddings_field ("ssl_embedding"): the embeddings to search.
         keep ("first"): which member represents a group: ``"clcore"`` (highest CL-Core score of ``clcore_run``),
@@ -113,6 +117,8 @@ def find_near_duplicates(
     with run:
         t0 = time.perf_counter()
         ids, paths = canonical(samples)
+        exact = hash_groups([file_hash(p) if os.path.isfile(p) else None for p in paths])  # identical bytes
+        progress(0.1, f"{int((exact >= 0).sum())} samples are byte-identical copies")
         z, ok, rejected = field_vectors(samples, embeddings_field, ids)
         valid = np.flatnonzero(ok)
         vids, vpaths = [ids[i] for i in valid], [paths[i] for i in valid]
@@ -124,16 +130,26 @@ def find_near_duplicates(
         if influence_run:
             checks.append((_influence_signature(dataset, influence_run, vids), influence_threshold))
         progress(0.3, "signatures")
-        found = find_duplicates(z[0, torch.as_tensor(valid)], checks, k, threshold, mutual)
+        found = find_duplicates(z[0, torch.as_tensor(valid)], checks, k, threshold, mutual) if len(valid) > 1 \
+            else {"pairs": np.zeros((0, 3 + len(checks))), "score": np.zeros(len(valid))}
         pairs = found["pairs"]
-        group = found["group"]
-        keep_mask = representatives(group, _priority(samples, vids, vpaths, keep, clcore_run, influence_run or ""))
+        near = np.column_stack([valid[pairs[:, 0].astype(np.int64)], valid[pairs[:, 1].astype(np.int64)]]) \
+            if len(pairs) else np.zeros((0, 2), np.int64)
+        chain = [(m[0], o) for g in np.unique(exact[exact >= 0]) for m in [np.flatnonzero(exact == g)] for o in m[1:]]
+        group = groups(len(ids), np.array([*near.tolist(), *chain], dtype=np.float64).reshape(-1, 2))
+        kind = np.where(exact >= 0, "exact", np.where(group >= 0, "near", None))
+        keep_mask = representatives(group, _priority(samples, ids, paths, keep, clcore_run, influence_run or ""))
         progress(0.7, f"{int((group >= 0).sum())} samples in {len(np.unique(group[group >= 0]))} groups")
+        scored = [ids[i] for i in np.union1d(valid, np.flatnonzero(exact >= 0))]
+        where = {i: n for n, i in enumerate(ids)}
+        best = dict(zip(vids, np.asarray(found["score"], float).tolist()))
 
-        run.write("group", vids, [int(g) if g >= 0 else None for g in group])
-        run.write("keep", vids, keep_mask.tolist())
-        run.write("score", vids, np.asarray(found["score"], float).tolist())
-        run.write("error", list(rejected), list(rejected.values()))
+        run.write("group", scored, [int(group[where[i]]) if group[where[i]] >= 0 else None for i in scored])
+        run.write("kind", scored, [kind[where[i]] for i in scored])
+        run.write("keep", scored, [bool(keep_mask[where[i]]) for i in scored])
+        run.write("score", vids, [best[i] for i in vids])
+        unscored = [i for i in rejected if exact[where[i]] < 0]
+        run.write("error", unscored, [rejected[i] for i in unscored])
         g_, k_ = names["group"], names["keep"]
         run.tag(dup_tag, lambda ds: ds.match((F(g_) != None) & (F(k_) == False)))  # noqa: E711
         run.tag(rep_tag, lambda ds: ds.match((F(g_) != None) & (F(k_) == True)))  # noqa: E711
@@ -141,9 +157,12 @@ def find_near_duplicates(
                       f"near-duplicate groups of run {run_key!r}")
         run.save_view(rep_view, lambda ds: ds.match((F(g_) != None) & (F(k_) == True)).sort_by(g_),  # noqa: E711
                       f"the member kept in each near-duplicate group of run {run_key!r}")
-        pair_list = [{"a": vids[int(r[0])], "b": vids[int(r[1])], "cosine": float(r[2]),
+        pair_list = [{"a": vids[int(r[0])], "b": vids[int(r[1])], "kind": "near", "cosine": float(r[2]),
                       "checks": [float(v) for v in r[3:]]} for r in pairs]
-        summary = run.commit(num_samples=len(ids), num_scored=len(vids), num_skipped=len(ids) - len(vids),
+        pair_list += [{"a": ids[a], "b": ids[b], "kind": "exact", "cosine": 1.0, "checks": []} for a, b in chain]
+        summary = run.commit(num_samples=len(ids), num_scored=len(scored), num_skipped=len(ids) - len(scored),
+                             num_exact_groups=int(len(np.unique(exact[exact >= 0]))),
+                             num_exact_samples=int((exact >= 0).sum()),
                              num_pairs=len(pair_list), num_groups=int(len(np.unique(group[group >= 0]))),
                              num_in_groups=int((group >= 0).sum()), num_to_drop=int((~keep_mask).sum()),
                              saved_views=[dup_view, rep_view], tags=[dup_tag, rep_tag],

@@ -22,6 +22,7 @@ from .core.augment import AugmentConfig
 from .core.backbones import BackboneSpec, load_backbone
 from .core.device import resolve_device
 from .core.embed import embed_array
+from .core.hashing import file_hash
 from .core.images import iter_decoded
 from .core.models import ProxyConfig, save_proxy
 from .core.train import TrainConfig, train_proxy
@@ -110,7 +111,7 @@ def compute_ssl_embeddings(
     ids, paths = canonical(samples)
     train = _train_dict(train_cfg, proxy_width) if training else None
     model_id = train if training else {**BackboneSpec(backbone, model_name, None, pretrained, image_size).to_dict(),
-                                       "weights": runs.file_hash(checkpoint) if checkpoint else None}
+                                       "weights": file_hash(checkpoint) if checkpoint else None}
     config = {"embeddings_field": embeddings_field, "error_field": error_field, "train": train,
               "device": str(dev), "batch_size": batch_size, "view_stages": json.dumps(samples.view()._serialize())}
     run = runs.Run(samples, run_key, "ssl_embeddings",
@@ -122,8 +123,10 @@ def compute_ssl_embeddings(
         ckpt_path, trained, history = checkpoint, False, []
         if training:
             ckpt_path = os.path.join(run.artifacts, "proxy.pt")
-            if retrain and os.path.isfile(ckpt_path):
-                os.remove(ckpt_path)
+            state = os.path.join(run.artifacts, "train_state.pt")
+            for path in ((ckpt_path, state) if retrain else ()) + ((state,) if not resume else ()):
+                if os.path.isfile(path):
+                    os.remove(path)  # ours: a new training from the first epoch
             if not os.path.isfile(ckpt_path):
                 t0 = time.perf_counter()
                 history = _train(dataset, ids, paths, train_cfg, proxy_width, dev, ckpt_path, run.artifacts,

@@ -39,6 +39,7 @@ def find_outliers(
     embeddings_field: str | None = "ssl_embedding",
     scales: tuple[int, ...] = SCALES,
     image_stats: bool = True,
+    tightness: bool = False,
     influence_run: str | None = None,
     fraction: float | None = 0.02,
     threshold: float | None = None,
@@ -59,6 +60,9 @@ def find_outliers(
         scales: neighbour ranks of the multi-scale scores (see :mod:`fo_plugin.core.outliers`).
         image_stats (True): add the image-statistics component: it flags documents, textures, drawings,
             screenshots and flat colour that an embedding trained on photos can place among the photos.
+        tightness (False): add the group-tightness components (log of far / near neighbour distance) to each kNN
+            component; measured on CIFAR-10 + planted kinds with the session proxy it lowered the worst kind's
+            AUROC (0.88 -> 0.80 at N = 380, 0.86 -> 0.87 at N = 2,000) while groups were found without it (0.97+).
         influence_run (None): also combine the self-influence of this influence run.
         fraction (0.02): flag this top fraction; or ``threshold``: flag scores >= threshold.
     """
@@ -83,6 +87,7 @@ def find_outliers(
         names.pop("influence")
     tag, view_name = _names(run_key)
     config = {"embeddings_field": embeddings_field, "scales": list(scales), "image_stats": image_stats,
+              "tightness": tightness,
               "influence_run": influence_run, "fraction": fraction, "threshold": threshold}
     run = runs.Run(samples, run_key, "outliers", {k: (v, FIELD_TYPES[k], {}) for k, v in names.items()}, config,
                    overwrite=overwrite, minimum=3, what="outlier scores")
@@ -112,7 +117,8 @@ def find_outliers(
             raise ValueError(f"outlier scores need at least 3 samples that can be scored; {len(vids)} can be")
         extra = {"influence": np.array([by_id[i] for i in vids], dtype=float)} if influence_run else None
         parts = outlier_scores(z[0, torch.as_tensor(valid)] if z is not None else None, scales, extra,
-                               stats={k: v[row[valid]] for k, v in stats.items()} if stats else None)
+                               stats={k: v[row[valid]] for k, v in stats.items()} if stats else None,
+                               tightness=tightness)
         score = parts["score"]
         flag = score >= threshold if threshold is not None else _top(score, fraction)
         progress(0.8, f"{int(flag.sum())} outliers flagged")

@@ -68,15 +68,6 @@ def fingerprint(*parts) -> str:
     return h.hexdigest()[:20]
 
 
-def file_hash(path: str) -> str:
-    """sha256 of a file's bytes (model checkpoints: artifacts depend on the weights, not the file name)."""
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()[:20]
-
-
 # ------------------------------------------------------------------------------------------------------------ validation
 def validate_name(name: str, what: str) -> str:
     """Field names and run keys: letters, digits and underscores, starting with a letter."""
@@ -312,7 +303,8 @@ class Run:
             self.resumed = resumable
             if old is None or old.get("status") != "complete":
                 staging = sorted({*(old or {}).get("staging", []), *(self.staged(k) for k in self.fields)})
-                cfg = ds.init_run(method=self.method, fields=[], status="running", attempt=attempt, staging=staging)
+                cfg = ds.init_run(method=self.method, fields=(old or {}).get("fields", []), status="running",
+                                  attempt=attempt, staging=staging)  # fields: a swap a kill cut short
                 ds.register_run(self.key, cfg, overwrite=True)
             else:
                 self._update_record(ds, attempt=attempt)
@@ -388,6 +380,9 @@ class Run:
         old = get_config(self.dataset, self.key) or {}
         final = [name for name, _, _ in self.fields.values()]
         with dataset_lock(self.dataset) as ds:
+            # readers refuse the run while its fields are being swapped: a kill in this window leaves a record
+            # saying so ("interrupted"), never a complete record over a mix of old and new fields
+            self._update_record(ds, status="committing", attempt={"status": "committing", "fingerprint": self.fp})
             schema = ds.get_field_schema()
             for name in set(old.get("fields", [])) - set(final):  # e.g. a _gain field the new mode does not write
                 if name in schema and field_owner(ds, name) == self.key:

@@ -72,7 +72,8 @@ class FindNearDuplicates(CurationOperator):
 
     def resolve_output(self, ctx):
         outputs = types.Object()
-        outputs.int("num_groups", label="Near-duplicate groups")
+        outputs.int("num_groups", label="Duplicate groups")
+        outputs.int("num_exact_groups", label="...of which byte-identical copies (found by hashing)")
         outputs.int("num_in_groups", label="Samples in groups")
         outputs.int("num_to_drop", label="Duplicates an export would drop (keep = False)")
         outputs.list("saved_views", types.String(), label="Saved views")

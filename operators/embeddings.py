@@ -47,8 +47,8 @@ class ComputeSSLEmbeddings(CurationOperator):
             if backbone == "open_clip":
                 inputs.str("pretrained", required=False, label="Pretrained tag (needs cached weights offline)")
         add_output_field(ctx, inputs, "embeddings_field", "ssl_embedding", "Embeddings field")
-        inputs.bool("resume", default=False, label="Resume",
-                    description="Only embed the samples an interrupted run with the same model did not reach")
+        inputs.bool("resume", default=True, label="Resume",
+                    description="Keep what an interrupted run with identical inputs embedded; only embed the rest")
         positive_int(ctx, inputs, "batch_size", 256, "Batch size", minimum=2)
         add_device_and_delegate(inputs, ctx)
         return types.Property(inputs, view=types.View(label="Compute SSL embeddings"))
@@ -67,7 +67,7 @@ class ComputeSSLEmbeddings(CurationOperator):
             pretrained=p.get("pretrained") or None,
             epochs=p.get("epochs", 10),
             batch_size=p.get("batch_size", 256),
-            resume=bool(p.get("resume", False)),
+            resume=bool(p.get("resume", True)),
             device=p.get("device", "auto"),
             progress=self.progress(ctx),
         )

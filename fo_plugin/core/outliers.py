@@ -19,7 +19,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .knn import knn
+from .knn import kth_neighbour_distances
 
 SCALES = (10, 30, 100, 300)
 # Statistics of image_stats.STATS used for the outlier space (geometry is left to the quality flags: a dataset of
@@ -42,10 +42,9 @@ def kth_distances(x: torch.Tensor, scales: tuple[int, ...] = SCALES) -> dict[int
     N - 1, duplicates dropped) -> {k: (N,)}; also {0: mean distance to the first-scale neighbours}."""
     n = len(x)
     ks = sorted({max(1, min(k, n - 1)) for k in scales})
-    _, sim = knn(x, ks[-1])
-    dist = 1 - sim  # (N, kmax)
-    out = {k: dist[:, k - 1] for k in ks}
-    out[0] = dist[:, : ks[0]].mean(1)
+    d = kth_neighbour_distances(x, sorted(set(ks) | set(range(1, ks[0] + 1))))  # no (N, max k) table
+    out = {k: d[k] for k in ks}
+    out[0] = np.mean([d[j] for j in range(1, ks[0] + 1)], axis=0)
     return out
 
 
