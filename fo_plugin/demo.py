@@ -75,9 +75,11 @@ def main(argv=None) -> None:
     t = time.perf_counter()
     dups = run_operator("find_near_duplicates", ds.name, {"keep": "clcore"})
     outl = run_operator("find_outliers", ds.name, {"fraction": 0.02})
+    quality = run_operator("find_quality_issues", ds.name, {})
     audit = run_operator("audit_subgroups", ds.name, {"group_field": "ground_truth", "top_fraction": 0.05})
     print(f"find_near_duplicates: {dups['num_groups']} groups, {dups['num_to_drop']} duplicates flagged to drop; "
-          f"find_outliers: {outl['num_flagged']} flagged; audit_subgroups: {len(audit['rows'])} rows "
+          f"find_outliers: {outl['num_flagged']} flagged ({outl['flagged_by_component']}); "
+          f"find_quality_issues: {quality['counts']}; audit_subgroups: {len(audit['rows'])} rows "
           f"({time.perf_counter() - t:.1f} s)")
 
     _report(ds, audit["rows"])
@@ -122,7 +124,7 @@ def _report(ds, audit_rows: list[dict]) -> None:
     print("most over-represented class per selection (subgroup audit):")
     for sel in dict.fromkeys(r["selection"] for r in audit_rows):
         top = max((r for r in audit_rows if r["selection"] == sel), key=lambda r: r["ratio"] or 0)
-        print(f"  {sel}: {top['group']} x{top['ratio']:.2f} (p={top['p_value']:.2g})")
+        print(f"  {sel}: {top['group']} x{top['ratio']:.2f} (p={top['p_value']:.2g}, Holm {top['p_adjusted']:.2g})")
 
 
 if __name__ == "__main__":

