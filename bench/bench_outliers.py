@@ -31,6 +31,7 @@ from PIL import Image
 from fo_plugin.core.image_stats import image_stats
 from fo_plugin.core.ood_images import KINDS, ood_group, ood_images
 from fo_plugin.core.outliers import auroc, gray_pixels, outlier_scores
+from fo_plugin.planted import random_cnn_embedding
 
 DATA = os.environ.get("FO_SSL_SHARED_DATA", os.path.join(os.path.dirname(common.ROOT), "shared", "data"))
 
@@ -51,19 +52,6 @@ def jpeg(images: np.ndarray, quality: int = 75) -> np.ndarray:
         Image.fromarray(im).save(b, "JPEG", quality=quality)
         out.append(np.asarray(Image.open(b).convert("RGB")))
     return np.stack(out)
-
-
-def random_cnn_embedding(images: np.ndarray, seed: int = 0) -> torch.Tensor:
-    """Stand-in SSL embedding: a seeded, randomly initialised CNN's pooled features -> (N, 128)."""
-    torch.manual_seed(seed)
-    c = torch.nn
-    net = c.Sequential(c.Conv2d(3, 32, 3, padding=1), c.ReLU(), c.Conv2d(32, 32, 3, padding=1), c.ReLU(),
-                       c.MaxPool2d(2), c.Conv2d(32, 64, 3, padding=1), c.ReLU(), c.MaxPool2d(2),
-                       c.Conv2d(64, 128, 3, padding=1), c.ReLU(), c.AdaptiveAvgPool2d(1), c.Flatten()).eval()
-    x = torch.as_tensor(images).permute(0, 3, 1, 2).float() / 255
-    x = (x - torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)) / torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
-    with torch.no_grad():
-        return torch.cat([net(x[s:s + 1024]) for s in range(0, len(x), 1024)])
 
 
 def features(images: np.ndarray) -> dict:

@@ -107,6 +107,10 @@ def find_near_duplicates(
     influence_threshold = params.number("influence_threshold", influence_threshold, -1, 1)
     if influence_run:
         runs.require(dataset, influence_run, "ssl_influence", "compute_ssl_influence")
+    if keep == "clcore":
+        runs.require(dataset, clcore_run, "clcore", "compute_clcore (or choose another keep policy)")
+    if keep == "influence" and not influence_run:
+        raise ValueError("keep='influence' needs influence_run=<an influence run> (the lowest self-influence is kept)")
     names = duplicate_fields(run_key)
     dup_tag, rep_tag, dup_view, rep_view = _names(run_key)
     config = {"embeddings_field": embeddings_field, "k": k, "threshold": threshold,
@@ -135,7 +139,9 @@ def find_near_duplicates(
         pairs = found["pairs"]
         near = np.column_stack([valid[pairs[:, 0].astype(np.int64)], valid[pairs[:, 1].astype(np.int64)]]) \
             if len(pairs) else np.zeros((0, 2), np.int64)
-        chain = [(m[0], o) for g in np.unique(exact[exact >= 0]) for m in [np.flatnonzero(exact == g)] for o in m[1:]]
+        order = np.argsort(exact, kind="stable")  # members of each hash group side by side: O(N log N)
+        order = order[exact[order] >= 0]
+        chain = [(int(a), int(b)) for a, b in zip(order[:-1], order[1:]) if exact[a] == exact[b]]
         group = groups(len(ids), np.array([*near.tolist(), *chain], dtype=np.float64).reshape(-1, 2))
         kind = np.where(exact >= 0, "exact", np.where(group >= 0, "near", None))
         keep_mask = representatives(group, _priority(samples, ids, paths, keep, clcore_run, influence_run or ""))

@@ -117,7 +117,7 @@ def compute_ssl_embeddings(
     run = runs.Run(samples, run_key, "ssl_embeddings",
                    {"embedding": (embeddings_field, fo.VectorField, {}), "error": (error_field, fo.StringField, {})},
                    config, fingerprint_parts=(model_id, ids), overwrite=overwrite, minimum=2 if training else 1,
-                   what="SSL embeddings" + (" (proxy training)" if training else ""))
+                   what="SSL embeddings" + (" (proxy training)" if training else ""), resumable=True)
     timings = {}
     with run:
         ckpt_path, trained, history = checkpoint, False, []

@@ -151,9 +151,16 @@ def export_curated(samples, *, name: str | None = None, export_dir: str | None =
             os.makedirs(manifest_dir, exist_ok=True)
             out["manifest"] = os.path.join(manifest_dir, f"removed_manifest_{name}.csv")
             _write_manifest(out["manifest"], removed)
-        if fo.dataset_exists(name):
-            fo.delete_dataset(name)  # an earlier curated copy (checked above)
-        new = kept.clone(name, persistent=samples._dataset.persistent)
+        # clone under a temporary name first: an earlier curated copy (checked above) is replaced only once the
+        # new one is complete
+        new = kept.clone(f"{name}.partial-{os.getpid()}", persistent=samples._dataset.persistent)
+        try:
+            if fo.dataset_exists(name):
+                fo.delete_dataset(name)
+            new.name = name
+        except BaseException:
+            new.delete()
+            raise
         out["dataset"] = name
         new.info = {**new.info, "curated_from": samples._dataset.name,
                     "curation": json.loads(json.dumps(out, default=str))}

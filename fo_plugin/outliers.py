@@ -41,7 +41,7 @@ def find_outliers(
     image_stats: bool = True,
     tightness: bool = True,
     influence_run: str | None = None,
-    fraction: float | None = 0.02,
+    fraction: float | None = None,
     threshold: float | None = None,
     overwrite: bool = False,
     progress: Callable[[float, str], None] | None = None,
@@ -64,13 +64,16 @@ def find_outliers(
             component: they find tight groups of near-copies that plain distances miss (see
             :func:`fo_plugin.core.outliers.outlier_scores` for the measured trade-off).
         influence_run (None): also combine the self-influence of this influence run.
-        fraction (0.02): flag this top fraction; or ``threshold``: flag scores >= threshold.
+        fraction (None): flag this top fraction (0.02 when no threshold is given); or ``threshold``: flag scores
+            >= threshold.
     """
     progress = progress or (lambda f, s: None)
     dataset = samples._dataset
     runs.validate_name(run_key, "run key")
-    if (fraction is None) == (threshold is None):
-        raise ValueError("give exactly one of fraction (top share to flag) or threshold (score cut-off)")
+    if fraction is not None and threshold is not None:
+        raise ValueError("give one of fraction (top share to flag) or threshold (score cut-off), not both")
+    if fraction is None and threshold is None:
+        fraction = 0.02
     fraction = params.number("fraction", fraction, 0, 1, none_ok=True)
     threshold = params.number("threshold", threshold, 0, 1, none_ok=True)
     scales = tuple(params.integer("scales", s, 1) for s in scales)

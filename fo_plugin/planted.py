@@ -91,3 +91,19 @@ def plant_ood_kinds(folder: str, per_kind: int = 10, group: int = 20, seed: int 
             Image.fromarray(arr).save(path, quality=75)
             rows.append({"filepath": path, "kind": kind})
     return rows
+
+
+def random_cnn_embedding(images: np.ndarray, seed: int = 0):
+    """Stand-in SSL embedding for benchmarks and tests that train no proxy: a seeded, randomly initialised CNN's
+    pooled features, uint8 (N, S, S, 3) -> (N, 128)."""
+    import torch
+
+    torch.manual_seed(seed)
+    c = torch.nn
+    net = c.Sequential(c.Conv2d(3, 32, 3, padding=1), c.ReLU(), c.Conv2d(32, 32, 3, padding=1), c.ReLU(),
+                       c.MaxPool2d(2), c.Conv2d(32, 64, 3, padding=1), c.ReLU(), c.MaxPool2d(2),
+                       c.Conv2d(64, 128, 3, padding=1), c.ReLU(), c.AdaptiveAvgPool2d(1), c.Flatten()).eval()
+    x = torch.as_tensor(images).permute(0, 3, 1, 2).float() / 255
+    x = (x - torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)) / torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+    with torch.no_grad():
+        return torch.cat([net(x[s:s + 1024]) for s in range(0, len(x), 1024)])

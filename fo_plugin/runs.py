@@ -147,7 +147,7 @@ def require(dataset: fo.Dataset, key: str, method: str, hint: str) -> dict:
     status = cfg.get("status")
     if status == "complete":
         return cfg
-    if status == "running" and _lock_held(dataset, key):
+    if status in ("running", "committing") and _lock_held(dataset, key):
         raise ValueError(f"run {key!r} is still running; wait for it to finish")
     why = f": {cfg.get('error')}" if cfg.get("error") else ""
     state = "failed" if status == "failed" else "was interrupted"
@@ -214,12 +214,13 @@ class Run:
         fields: short name -> ``(field name, FieldType class, kwargs)`` or field name -> type: what the run writes.
         config: the settings to record (JSON-serialisable).
         fingerprint_parts: what the run's artifacts depend on (settings, ids, model hashes); keys the artifact
-            folder and lets an interrupted attempt with identical inputs be resumed.
+            folder and, with ``resumable``, lets an interrupted attempt with identical inputs keep its staged values.
         overwrite (False): allow replacing fields the user made (never another run's).
     """
 
     def __init__(self, samples, key: str, method: str, fields: dict, config: dict, *,
-                 fingerprint_parts: tuple = (), overwrite: bool = False, minimum: int = 1, what: str | None = None):
+                 fingerprint_parts: tuple = (), overwrite: bool = False, minimum: int = 1, what: str | None = None,
+                 resumable: bool = False):
         self.samples = samples
         self.dataset: fo.Dataset = samples._dataset
         self.key = validate_name(key, "run key")
@@ -232,6 +233,7 @@ class Run:
             validate_name(name, "field name")
         self.config = dict(config)
         self.overwrite = overwrite
+        self.resumable = resumable
         self.fp = fingerprint(self.method, *(fingerprint_parts or (self.config,)))
         self._tags: list[tuple[str, Callable]] = []
         self._views: list[tuple[str, Callable, str]] = []
@@ -290,7 +292,7 @@ class Run:
                    "started": time.strftime("%Y-%m-%d %H:%M:%S")}
         with dataset_lock(self.dataset) as ds:
             old = get_config(ds, self.key)
-            resumable = old is not None and (old.get("attempt") or {}).get("fingerprint") == self.fp \
+            resumable = self.resumable and old is not None and (old.get("attempt") or {}).get("fingerprint") == self.fp \
                 and (old.get("attempt") or {}).get("status") in ("running", "failed")
             schema = ds.get_field_schema()
             for name, ftype, kwargs in self.fields.values():
@@ -376,13 +378,16 @@ class Run:
 
     def commit(self, **results) -> dict:
         """Swap the staged fields in, drop the previous run's leftovers, apply tags and views, record the run as
-        complete with ``results``; returns ``results``."""
-        old = get_config(self.dataset, self.key) or {}
+        complete with ``results``; returns ``results``. Names are re-checked first, under the dataset lock: a field
+        or saved view that someone else made in the meantime stops the commit with the previous results intact."""
         final = [name for name, _, _ in self.fields.values()]
         with dataset_lock(self.dataset) as ds:
+            old = get_config(ds, self.key) or {}
+            self._check_names(ds, old)
             # readers refuse the run while its fields are being swapped: a kill in this window leaves a record
             # saying so ("interrupted"), never a complete record over a mix of old and new fields
             self._update_record(ds, status="committing", attempt={"status": "committing", "fingerprint": self.fp})
+            _untag(ds, old)  # exactly the samples the previous run tagged, while its fields are still in place
             schema = ds.get_field_schema()
             for name in set(old.get("fields", [])) - set(final):  # e.g. a _gain field the new mode does not write
                 if name in schema and field_owner(ds, name) == self.key:
@@ -391,27 +396,39 @@ class Run:
                 if name in ds.get_field_schema():
                     ds.delete_sample_field(name)
                 ds.rename_sample_field(self.staged(short), name)
-            for tag in old.get("tags", []):
-                ds.untag_samples(tag)
             for view in old.get("saved_views", []):
                 if ds.has_saved_view(view) and view not in [v[0] for v in self._views]:
                     ds.delete_saved_view(view)
-            tags = []
+            tag_views = {}
             for tag, select in self._tags:
-                select(ds).tag_samples(tag)
-                tags.append(tag)
+                view = select(ds)
+                view.tag_samples(tag)
+                tag_views[tag] = view._serialize()
             views = []
             for name, make, description in self._views:
                 ds.save_view(name, make(ds), description=description, overwrite=True)
                 views.append(name)
-            cfg = ds.init_run(method=self.method, fields=final, tags=tags, saved_views=views, status="complete",
-                              fingerprint=self.fp, artifacts=self._artifact_dir_if_any(), **self.config)
+            cfg = ds.init_run(method=self.method, fields=final, tags=list(tag_views), saved_views=views,
+                              tag_views=json.dumps(tag_views), status="complete", fingerprint=self.fp,
+                              artifacts=self._artifact_dir_if_any(), **self.config)
             ds.register_run(self.key, cfg, overwrite=True)
             results = {k: v for k, v in results.items() if k != "run_key"}
             ds.save_run_results(self.key, ds.init_run_results(self.key, **_jsonable(results)), overwrite=True)
         self._committed = True
         self._prune_artifacts()
         return {"run_key": self.key, **results}
+
+    def _check_names(self, ds: fo.Dataset, old: dict) -> None:
+        """A field or saved view of the same name that this run did not make (the user's, or another run's) is
+        never replaced (fields: unless ``overwrite`` was passed for a user's field)."""
+        for name, _, _ in self.fields.values():
+            problem = field_conflict(ds, self.key, name)
+            if problem and not (self.overwrite and field_owner(ds, name) is None):
+                raise ValueError(problem)
+        for name, _, _ in self._views:
+            if ds.has_saved_view(name) and name not in old.get("saved_views", []):
+                raise ValueError(f"a saved view named {name!r} exists on dataset {ds.name!r} and was not made by run "
+                                 f"{self.key!r}; rename or delete it, or use another run key")
 
     def _artifact_dir_if_any(self) -> str | None:
         path = os.path.join(run_root(self.dataset, self.key), self.fp)
@@ -424,6 +441,15 @@ class Run:
             for name in os.listdir(root):
                 if name != self.fp:
                     shutil.rmtree(os.path.join(root, name), ignore_errors=True)
+
+
+def _untag(ds: fo.Dataset, cfg: dict) -> None:
+    """Remove a run's tags from exactly the samples it tagged (the recorded selections over its own fields), so a
+    user's own samples with a tag of the same name keep it."""
+    import fiftyone.core.view as fov
+
+    for tag, stages in json.loads(cfg.get("tag_views") or "{}").items():
+        fov.DatasetView._build(ds, stages).untag_samples(tag)
 
 
 def _remove_leftovers(root: str) -> None:
@@ -463,20 +489,22 @@ def delete_run(dataset: fo.Dataset, key: str, delete_fields: bool = True) -> Non
     cfg = get_config(dataset, key)
     if cfg is None or not str(cfg.get("method", "")).startswith(METHOD_PREFIX):
         raise ValueError(f"no SSL-curation run {key!r} on dataset {dataset.name!r}")
-    if _lock_held(dataset, key):
-        raise ValueError(f"run {key!r} is running; wait for it to finish before deleting it")
-    with dataset_lock(dataset) as ds:
-        schema = ds.get_field_schema()
-        if delete_fields:
-            for name in [*cfg.get("fields", []), *(f + STAGING for f in cfg.get("fields", [])),
-                         *cfg.get("staging", [])]:
-                if name in schema:
-                    ds.delete_sample_field(name)
-                    schema = ds.get_field_schema()
-        for tag in cfg.get("tags", []):
-            ds.untag_samples(tag)
-        for view_name in cfg.get("saved_views", []):
-            if ds.has_saved_view(view_name):
-                ds.delete_saved_view(view_name)
-        ds.delete_run(key)
-    shutil.rmtree(run_root(dataset, key), ignore_errors=True)
+    with open(_lock_path(dataset, "run-" + key), "a+") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)  # held while deleting: no run of the key can start
+        except BlockingIOError:
+            raise ValueError(f"run {key!r} is running; wait for it to finish before deleting it") from None
+        with dataset_lock(dataset) as ds:
+            _untag(ds, cfg)  # before the fields its selections read are deleted
+            schema = ds.get_field_schema()
+            if delete_fields:
+                for name in [*cfg.get("fields", []), *(f + STAGING for f in cfg.get("fields", [])),
+                             *cfg.get("staging", [])]:
+                    if name in schema:
+                        ds.delete_sample_field(name)
+                        schema = ds.get_field_schema()
+            for view_name in cfg.get("saved_views", []):
+                if ds.has_saved_view(view_name):
+                    ds.delete_saved_view(view_name)
+            ds.delete_run(key)
+        shutil.rmtree(run_root(dataset, key), ignore_errors=True)

@@ -147,12 +147,12 @@ def run_choice(ctx, inputs: types.Object, name: str, method: str, label: str, mi
 
 
 def bounded_float(ctx, inputs: types.Object, name: str, default: float, label: str, lo: float, hi: float,
-                  description: str = "") -> None:
+                  description: str = "", open_min: bool = False) -> None:
     """A float input that is a form error outside [lo, hi]."""
     from fo_plugin import params
 
     prop = inputs.float(name, default=default, label=label, description=description)
-    _check(prop, lambda: params.number(name, ctx.params.get(name, default), lo, hi, none_ok=True))
+    _check(prop, lambda: params.number(name, ctx.params.get(name, default), lo, hi, none_ok=True, open_min=open_min))
 
 
 def categorical_fields(dataset) -> list[str]:

@@ -42,7 +42,7 @@ class FindNearDuplicates(CurationOperator):
         add_target(ctx, inputs)
         if not _embeddings_input(ctx, inputs):
             return types.Property(inputs)
-        bounded_float(ctx, inputs, "threshold", 0.8, "SSL cosine threshold", 0.0, 1.0)
+        bounded_float(ctx, inputs, "threshold", 0.8, "SSL cosine threshold", 0.0, 1.0, open_min=True)
         inputs.bool("pixel_check", default=True, label="Confirm with pixel similarity")
         if ctx.params.get("pixel_check", True):
             bounded_float(ctx, inputs, "pixel_threshold", 0.8, "Thumbnail (layout) correlation threshold", -1.0, 1.0)

@@ -16,6 +16,7 @@ from fo_plugin.core.image_stats import STATS, image_stats
 from fo_plugin.core.ood_images import KINDS, ood_group, ood_images
 from fo_plugin.core.outliers import SCALES, auroc, outlier_scores, percentile_rank
 from fo_plugin.core.quality import THRESHOLDS, quality_flags
+from fo_plugin.planted import random_cnn_embedding
 
 DATA = os.environ.get("FO_SSL_SHARED_DATA",
                       os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
@@ -33,16 +34,8 @@ def _jpeg(images: np.ndarray) -> np.ndarray:
 
 
 def _embed(images: np.ndarray) -> torch.Tensor:
-    """Stand-in SSL embedding (as bench/bench_outliers.py): a seeded random 4-layer CNN's pooled features (N, 128)."""
-    torch.manual_seed(0)
-    c = torch.nn
-    net = c.Sequential(c.Conv2d(3, 32, 3, padding=1), c.ReLU(), c.Conv2d(32, 32, 3, padding=1), c.ReLU(),
-                       c.MaxPool2d(2), c.Conv2d(32, 64, 3, padding=1), c.ReLU(), c.MaxPool2d(2),
-                       c.Conv2d(64, 128, 3, padding=1), c.ReLU(), c.AdaptiveAvgPool2d(1), c.Flatten()).eval()
-    x = torch.as_tensor(images).permute(0, 3, 1, 2).float() / 255
-    x = (x - torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)) / torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
-    with torch.no_grad():
-        return net(x)
+    """Stand-in SSL embedding (as bench/bench_outliers.py): a seeded random CNN's pooled features (N, 128)."""
+    return random_cnn_embedding(images, seed=0)
 
 
 @pytest.fixture(scope="module")

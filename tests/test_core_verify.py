@@ -13,7 +13,7 @@ from PIL import Image
 
 from fo_plugin.core import transforms
 from fo_plugin.core.duplicates import DUPLICATE_THRESHOLD, aligned_pair_scores, gray_thumbnails
-from fo_plugin.core.hashing import file_hash, hash_groups, pixel_hash
+from fo_plugin.core.hashing import file_hash, hash_groups
 from fo_plugin.core.knn import knn
 
 ZIP = os.path.join(os.environ.get("FO_SSL_SHARED_DATA", "/work/shared/data"), "cifar10", "cifar10-jpeg.zip")
@@ -70,7 +70,7 @@ def test_score_symmetric_and_one_for_identical(mixed):
     assert np.all((a >= 0) & (a <= 1))
 
 
-def test_exact_hashing_groups_identical_files_and_pixels(tmp_path, mixed):
+def test_exact_hashing_groups_byte_identical_files(tmp_path, mixed):
     a, b = mixed[0], mixed[1]
     paths = []
     for name, im in [("a.png", a), ("b.png", b), ("a_again.png", a)]:
@@ -81,8 +81,5 @@ def test_exact_hashing_groups_identical_files_and_pixels(tmp_path, mixed):
     Image.fromarray(a).save(tmp_path / "a.bmp")  # same pixels, different bytes
     paths.append(str(tmp_path / "a.bmp"))
     fh = [file_hash(p) for p in paths]
-    assert hash_groups(fh).tolist() == [0, 1, 0, 1, -1]  # PNG encoding of a is deterministic
-    ph = [pixel_hash(np.asarray(Image.open(p).convert("RGB"))) for p in paths]
-    assert hash_groups(ph).tolist() == [0, 1, 0, 1, 0]
-    assert pixel_hash(a.reshape(32, 96, 1)) != pixel_hash(a)  # same bytes, other shape
+    assert hash_groups(fh).tolist() == [0, 1, 0, 1, -1]  # PNG encoding of a is deterministic; the BMP differs
     assert hash_groups(["x", None, "y", None]).tolist() == [-1, -1, -1, -1]

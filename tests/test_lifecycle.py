@@ -12,6 +12,7 @@ import fiftyone as fo
 import numpy as np
 import pytest
 from conftest import run_op
+from fiftyone import ViewField as F
 
 import fo_plugin
 from fo_plugin import runs
@@ -150,18 +151,62 @@ def test_a_users_field_is_never_deleted_without_overwrite(vecs):
 
 
 def test_delete_run_removes_exactly_what_the_run_made(vecs):
-    vecs.take(5, seed=0).tag_samples("mine")
     vecs.save_view("my view", vecs.limit(3))
-    tags_before = vecs.count_sample_tags()
     fo_plugin.find_near_duplicates(vecs, "dups", threshold=0.8, pixel_threshold=None, detail_threshold=None)
     cfg = fo_plugin.get_run_config(vecs, "dups")
-    assert cfg["tags"] and cfg["saved_views"] and os.path.isdir(os.path.dirname(cfg["artifacts"] or runs.cache_root()))
+    assert cfg["tags"] == ["near_duplicate", "duplicate_representative"] and cfg["saved_views"]
+    outside = vecs.match(F("dups_group") == None).limit(5)  # noqa: E711
+    outside.tag_samples("near_duplicate")  # the user's own use of a tag with the run's name
+    mine = set(outside.values("id"))
+    tags_before = vecs.count_sample_tags()
+    fo_plugin.find_near_duplicates(vecs, "dups", threshold=0.85, pixel_threshold=None, detail_threshold=None)
+    assert mine <= set(vecs.match_tags("near_duplicate").values("id"))  # a re-run keeps the user's tags
     fo_plugin.delete_run(vecs, "dups")
     schema = vecs.get_field_schema()
     assert not [f for f in schema if f.startswith("dups_")] and "ssl_embedding" in schema
-    assert vecs.count_sample_tags() == tags_before and tags_before["mine"] == 5
+    assert set(vecs.match_tags("near_duplicate").values("id")) == mine  # only the run's own tags went
+    assert vecs.count_sample_tags().get("duplicate_representative") is None
+    assert vecs.count_sample_tags()["near_duplicate"] == 5 and tags_before["near_duplicate"] > 5
     assert vecs.list_saved_views() == ["my view"]
     assert not os.path.exists(runs.run_root(vecs, "dups"))
+
+
+def test_a_users_saved_view_with_a_runs_view_name_is_never_replaced(vecs):
+    vecs.save_view("outliers", vecs.limit(4), description="MY OWN VIEW")
+    with pytest.raises(ValueError, match="saved view named 'outliers' exists .* not made by run 'outliers'"):
+        fo_plugin.find_outliers(vecs)
+    assert vecs.load_saved_view("outliers").count() == 4 and "outliers_score" not in vecs.get_field_schema()
+    assert fo_plugin.get_run_config(vecs, "outliers")["status"] == "failed"
+    fo_plugin.find_outliers(vecs, "o2")  # another key, other names: fine
+    assert vecs.has_saved_view("outliers [o2]")
+
+
+def test_an_interrupted_attempt_on_another_view_leaves_nothing_behind(vecs, monkeypatch):
+    import fo_plugin.outliers as mod
+
+    real = mod.outlier_scores
+
+    def interrupted(*a, **k):
+        raise KeyboardInterrupt  # keeps the staged fields, as a kill would
+
+    monkeypatch.setattr(mod, "outlier_scores", interrupted)
+    view_a = vecs.sort_by("filepath").limit(50)
+    with pytest.raises(KeyboardInterrupt):
+        fo_plugin.find_outliers(view_a, "o", image_stats=False)
+    monkeypatch.setattr(mod, "outlier_scores", real)
+    view_b = vecs.sort_by("filepath", reverse=True).limit(50)
+    fo_plugin.find_outliers(view_b, "o", image_stats=False)
+    assert set(vecs.exists("o_score").values("id")) == set(view_b.values("id"))
+
+
+def test_representative_policies_are_checked_before_anything_runs(vecs):
+    with pytest.raises(ValueError, match="no CL-Core run 'clcore'"):
+        fo_plugin.find_near_duplicates(vecs, "d", keep="clcore")
+    with pytest.raises(ValueError, match="keep='influence' needs influence_run"):
+        fo_plugin.find_near_duplicates(vecs, "d", keep="influence")
+    assert not vecs.has_run("d")
+    out = fo_plugin.find_outliers(vecs, "t", threshold=0.9)  # a threshold alone is enough
+    assert out["num_flagged"] == sum(v >= 0.9 for v in vecs.values("t_score") if v is not None)
 
 
 def test_nan_inf_zero_and_wrong_dimension_vectors_are_rejected_per_sample(vecs):

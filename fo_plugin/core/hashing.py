@@ -1,5 +1,5 @@
-"""Exact duplicates, cheaply: a hash of the file's bytes (byte-identical copies) and a hash of the decoded pixels
-(the same image saved differently, e.g. PNG vs lossless re-encode), and groups of equal hashes."""
+"""Exact duplicates, cheaply: a hash of each file's bytes (byte-identical copies) and groups of equal hashes.
+(The same pixels saved in another format are not exact copies here; the near-duplicate check confirms them.)"""
 
 from __future__ import annotations
 
@@ -14,15 +14,6 @@ def file_hash(path: str, block: int = 1 << 20) -> str:
     with open(path, "rb") as f:
         while chunk := f.read(block):
             h.update(chunk)
-    return h.hexdigest()
-
-
-def pixel_hash(image: np.ndarray) -> str:
-    """SHA-256 hex digest of a decoded uint8 image (H, W, C) together with its shape, so equal pixels in a
-    different shape do not collide."""
-    a = np.ascontiguousarray(image, dtype=np.uint8)
-    h = hashlib.sha256(str(a.shape).encode())
-    h.update(a.tobytes())
     return h.hexdigest()
 
 

@@ -23,7 +23,7 @@ _MIN_ROWS = 1024  # below this many query rows per full-width block, the databas
 
 
 def knn(x: torch.Tensor, k: int, method: str = "auto", max_block_bytes: int = MAX_BLOCK_BYTES,
-        nprobe: int | None = None, use_faiss: bool | None = None) -> tuple[np.ndarray, np.ndarray]:
+        nprobe: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """The ``k`` most cosine-similar other rows of each row.
 
     Args:
@@ -35,7 +35,6 @@ def knn(x: torch.Tensor, k: int, method: str = "auto", max_block_bytes: int = MA
         max_block_bytes (256 MB): the most memory one exact similarity block may take.
         nprobe (None): IVF cells searched per query (None: 16, recall@10 >= 0.99 on clustered data, see
             ``bench/bench_knn.py``; more when 16 cells hold fewer than ~4 k rows); for HNSW, the search breadth ``efSearch`` (None: max(64, 2 k)).
-        use_faiss: deprecated alias: True = ``"ivf"``, False = ``"exact"``.
 
     Returns:
         ``(idx, sim)``: int64 (N, k) neighbour indices and float32 (N, k) cosine similarities, most similar first
@@ -45,8 +44,6 @@ def knn(x: torch.Tensor, k: int, method: str = "auto", max_block_bytes: int = MA
     k = max(0, min(k, n - 1))
     if k == 0:
         return np.zeros((n, 0), dtype=np.int64), np.zeros((n, 0), dtype=np.float32)
-    if use_faiss is not None:
-        method = "ivf" if use_faiss else "exact"
     method = choose_method(n, x.device, method)
     z = F.normalize(x.float(), dim=1)  # (N, D)
     if method == "exact":
