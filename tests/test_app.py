@@ -69,8 +69,10 @@ def test_app_lists_our_operators_and_renders_a_form(app_server):
     pages = json.loads(out.stdout.strip().splitlines()[-1])
     for label in ("SSL curation: compute SSL embeddings", "SSL curation: CL-Core (SAS) subset",
                   "SSL curation: label-free influence", "SSL curation: find near-duplicates",
-                  "SSL curation: find outliers", "SSL curation: export curated subset"):
+                  "SSL curation: find outliers", "SSL curation: find image quality issues",
+                  "SSL curation: export curated subset"):
         assert label in pages["listed"], f"{label!r} not in the operator browser"
     assert "Fraction to flag" in pages["form"] and "Embeddings field" in pages["form"]
+    assert "Combine image statistics" in pages["form"]
     for shot in ("app_grid.png", "app_operator_browser.png", "app_operator_form.png"):
         assert os.path.getsize(os.path.join(ARTIFACTS, shot)) > 10_000
