@@ -305,8 +305,9 @@ class Run:
             self.resumed = resumable
             if old is None or old.get("status") != "complete":
                 staging = sorted({*(old or {}).get("staging", []), *(self.staged(k) for k in self.fields)})
-                cfg = ds.init_run(method=self.method, fields=(old or {}).get("fields", []), status="running",
-                                  attempt=attempt, staging=staging)  # fields: a swap a kill cut short
+                owned = {k: old[k] for k in ("fields", "tags", "saved_views", "tag_views") if old and k in old}
+                cfg = ds.init_run(method=self.method, status="running", attempt=attempt, staging=staging,
+                                  **{"fields": [], **owned})  # what a swap that a kill cut short still owns
                 ds.register_run(self.key, cfg, overwrite=True)
             else:
                 self._update_record(ds, attempt=attempt)
