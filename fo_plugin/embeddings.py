@@ -31,6 +31,7 @@ from .features import DecodedImages, canonical
 
 METHOD = runs.METHOD_PREFIX + "ssl_embeddings"
 BACKBONES = ("proxy", "open_clip", "torchvision", "torchscript")
+TRAIN_STATE = "train_state.pt"  # per-epoch training state in the run's artifact folder (resumable training)
 Progress = Callable[[float, str], None]
 
 
@@ -123,7 +124,7 @@ def compute_ssl_embeddings(
         ckpt_path, trained, history = checkpoint, False, []
         if training:
             ckpt_path = os.path.join(run.artifacts, "proxy.pt")
-            state = os.path.join(run.artifacts, "train_state.pt")
+            state = os.path.join(run.artifacts, TRAIN_STATE)
             for path in ((ckpt_path, state) if retrain else ()) + ((state,) if not resume else ()):
                 if os.path.isfile(path):
                     os.remove(path)  # ours: a new training from the first epoch
@@ -134,14 +135,15 @@ def compute_ssl_embeddings(
                 timings["train_s"] = time.perf_counter() - t0
                 trained = True
         spec = BackboneSpec(backbone, model_name, ckpt_path, pretrained, image_size)
-        done = {}
+        done, resumed_ok = {}, 0
         if resume and run.resumed:  # an interrupted attempt with identical inputs: keep what it embedded
-            done = {**run.staged_values("error"), **run.staged_values("embedding")}
+            embedded = run.staged_values("embedding")
+            done, resumed_ok = {**run.staged_values("error"), **embedded}, len(embedded)
         todo = [n for n, i in enumerate(ids) if i not in done]
 
         t0 = time.perf_counter()
         net = load_backbone(spec).to(dev)
-        num_ok, num_failed, dim = 0, 0, None
+        num_ok, dim = 0, None
         base = 0.8 if trained else 0.0
         tpaths = [paths[n] for n in todo]
         for start, images, ok, errors in iter_decoded(tpaths, net.image_size, batch_size=max(batch_size, 256)):
@@ -157,17 +159,14 @@ def compute_ssl_embeddings(
             run.write("embedding", chunk_ids, [emb[i] if good[i] else None for i in range(len(chunk_ids))])
             run.write("error", chunk_ids, errors)
             num_ok += int(good.sum())
-            num_failed += int((~good).sum())
             dim = dim or (emb.shape[1] if good.any() else None)
             progress(base + (1 - base) * (start + len(images)) / max(len(tpaths), 1),
                      f"embedded {start + len(images)}/{len(tpaths)} images")
         timings["embed_s"] = time.perf_counter() - t0
-        if done:
-            num_ok += sum(1 for i in ids if i in done and done[i] is not None and not isinstance(done[i], str))
-            num_failed = len(ids) - num_ok
+        num_ok += resumed_ok
         run.config["backbone"] = spec.to_dict()
         return run.commit(embeddings_field=embeddings_field, error_field=error_field, num_samples=len(ids),
-                          num_embedded=num_ok, num_failed=num_failed, num_resumed_over=len(done),
+                          num_embedded=num_ok, num_failed=len(ids) - num_ok, num_resumed_over=len(done),
                           embedding_dim=dim, trained_proxy=trained, checkpoint=ckpt_path, device=str(dev),
                           timings=timings, train_history=history)
 
@@ -189,7 +188,7 @@ def _train(dataset, ids, paths, cfg: TrainConfig, width: int, dev, ckpt_path: st
                              "could be decoded (see the error field after embedding)")
         model, history = train_proxy(pool.subset(), rng.sample_keys(pool.ids), cfg, dev,
                                      ProxyConfig(width=width, image_size=cfg.augment.size), progress,
-                                     state_path=os.path.join(folder, "train_state.pt"))
+                                     state_path=os.path.join(folder, TRAIN_STATE))
     save_proxy(model.cpu(), ckpt_path + ".tmp", extra={"train": _train_dict(cfg, width), "history": history,
                                                       "num_train_images": len(pool.ids), "dataset": dataset.name})
     os.replace(ckpt_path + ".tmp", ckpt_path)

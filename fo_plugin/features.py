@@ -18,8 +18,6 @@ from .core.embed import embed_array
 from .core.images import iter_decoded, to_float
 from .core.vectors import valid_rows
 
-DECODED_PREFIX = "decoded-"  # temporary memmap folders; a killed run's are removed by the next run of its key
-
 
 class DecodedImages:
     """Target images decoded once into a temporary uint8 memmap (bounded memory), for jobs that pass over them
@@ -27,7 +25,7 @@ class DecodedImages:
 
     def __init__(self, paths: list[str], ids: list[str], size: int, folder: str):
         os.makedirs(folder, exist_ok=True)
-        self.tmp = tempfile.TemporaryDirectory(prefix=DECODED_PREFIX, dir=folder)
+        self.tmp = tempfile.TemporaryDirectory(prefix=runs.DECODED_PREFIX, dir=folder)
         self.images = np.lib.format.open_memmap(os.path.join(self.tmp.name, "images.npy"), mode="w+",
                                                 dtype=np.uint8, shape=(len(paths), size, size, 3))
         ok = np.zeros(len(paths), dtype=bool)

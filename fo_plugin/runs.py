@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import hashlib
 import json
 import os
 import re
@@ -30,10 +29,13 @@ from collections.abc import Callable, Iterable, Iterator
 
 import fiftyone as fo
 
+from .core.fingerprint import fingerprint
+
 METHOD_PREFIX = "fo_plugin."
 NAMES = {"ssl_embeddings": "SSL embeddings", "ssl_influence": "influence", "influence_query": "influence query",
          "near_duplicates": "near-duplicates", "clcore": "CL-Core", "outliers": "outliers",
          "subgroup_audit": "subgroup audit", "quality": "image quality"}
+DECODED_PREFIX = "decoded-"  # temporary memmap folders (features.DecodedImages); a killed run's are removed
 STAGING = "_ssl_staging"  # no "__": mongoengine reads it as a path separator
 _KEY_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
 
@@ -52,20 +54,6 @@ def _dataset_dir(dataset: fo.Dataset) -> str:
 def run_root(dataset: fo.Dataset, key: str) -> str:
     """The folder holding every artifact of run ``key`` (one sub-folder per fingerprint)."""
     return os.path.join(_dataset_dir(dataset), key)
-
-
-def fingerprint(*parts) -> str:
-    """A short stable hash of JSON-serialisable ``parts`` (settings, ids, model hashes)."""
-    h = hashlib.sha256()
-    for p in parts:
-        if isinstance(p, (list, tuple)) and p and all(isinstance(x, str) for x in p):
-            for x in p:  # long id lists: hash incrementally
-                h.update(x.encode())
-                h.update(b"\0")
-        else:
-            h.update(json.dumps(p, sort_keys=True, default=str).encode())
-        h.update(b"|")
-    return h.hexdigest()[:20]
 
 
 # ------------------------------------------------------------------------------------------------------------ validation
@@ -187,13 +175,6 @@ def dataset_lock(dataset: fo.Dataset) -> Iterator[fo.Dataset]:
             yield dataset
         finally:
             fcntl.flock(fh, fcntl.LOCK_UN)
-
-
-def ensure_field(dataset: fo.Dataset, name: str, ftype, **kwargs) -> None:
-    """Declare field ``name`` of type ``ftype`` (e.g. ``fo.VectorField``) unless it exists."""
-    with dataset_lock(dataset):
-        if name not in dataset.get_field_schema():
-            dataset.add_sample_field(name, ftype, **kwargs)
 
 
 # ------------------------------------------------------------------------------------------------------------ lifecycle
@@ -454,12 +435,12 @@ def _untag(ds: fo.Dataset, cfg: dict) -> None:
 
 
 def _remove_leftovers(root: str) -> None:
-    """Temporary decoded-image folders a killed attempt left behind (``features.DECODED_PREFIX``)."""
+    """Temporary decoded-image folders a killed attempt left behind (``DECODED_PREFIX``)."""
     if os.path.isdir(root):
         for fp in os.listdir(root):
             folder = os.path.join(root, fp)
             for name in os.listdir(folder) if os.path.isdir(folder) else []:
-                if name.startswith("decoded-"):
+                if name.startswith(DECODED_PREFIX):
                     shutil.rmtree(os.path.join(folder, name), ignore_errors=True)
 
 

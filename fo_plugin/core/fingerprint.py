@@ -43,6 +43,21 @@ def array_fingerprint(a: np.ndarray) -> str:
     return h.hexdigest()
 
 
+def fingerprint(*parts, length: int = 20) -> str:
+    """A stable hash (hex, ``length`` characters) of JSON-serialisable ``parts`` (settings, ids, model hashes;
+    dict keys sorted, other values by ``str``); long lists of ids are hashed one by one."""
+    h = hashlib.sha256()
+    for p in parts:
+        if isinstance(p, (list, tuple)) and p and all(isinstance(x, str) for x in p):
+            for x in p:
+                h.update(x.encode())
+                h.update(b"\0")
+        else:
+            h.update(json.dumps(p, sort_keys=True, default=str).encode())
+        h.update(b"|")
+    return h.hexdigest()[:length]
+
+
 def dict_fingerprint(d: dict) -> str:
     """sha256 (hex) of a JSON-serialisable dict (keys sorted; other values by ``str``)."""
-    return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()
+    return fingerprint(d, length=64)
