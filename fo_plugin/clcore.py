@@ -160,7 +160,7 @@ def compute_clcore(
         else:
             net, aug = load_run_model(dataset, embeddings_run, dev)
             z, ok, errs = project_views(net, paths, keys, num_views, aug, seed, dev, batch_size,
-                                        progress=lambda f, s: progress(0.5 * f, s))
+                                        progress=lambda f, s: progress(0.5 * f, s), chunk=run.chunk)
             errors = {i: e for i, e in zip(ids, errs) if e}
             source.update(backbone=net.spec.to_dict(), augment=aug.to_dict())
         t_proj = time.perf_counter() - t0

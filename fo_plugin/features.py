@@ -83,9 +83,12 @@ def load_run_model(dataset: fo.Dataset, run_key: str, device: torch.device) -> t
 
 def project_views(net: Backbone, paths: list[str], keys: torch.Tensor, num_views: int, aug: AugmentConfig,
                   seed: int, device: torch.device, batch_size: int = 256, project: bool = True,
-                  progress=None) -> tuple[torch.Tensor, np.ndarray, list[str | None]]:
+                  progress=None, chunk=None) -> tuple[torch.Tensor, np.ndarray, list[str | None]]:
     """(V, N, D) outputs of ``net`` (its SSL projection if ``project``) for V views per image: V = 1 is the
     unaugmented image; V > 1 are independent augmentations keyed by (seed, sample, view).
+
+    ``chunk`` (a :meth:`runs.Run.chunk`): keep each decoded chunk's outputs as it completes, so a re-run after a
+    kill projects only the chunks not yet done.
 
     Returns:
         ``(z, ok, errors)``: z on ``device`` with zero rows where decoding failed, the success mask, the messages.
@@ -94,11 +97,14 @@ def project_views(net: Backbone, paths: list[str], keys: torch.Tensor, num_views
     chunks, oks, errors = [], [], []
     for start, images, ok, errs in iter_decoded(paths, net.image_size, batch_size=max(batch_size, 256)):
         k = keys[start:start + len(images)]
-        if num_views == 1:
-            z = embed_array(fn, images, net.image_size, device, batch_size)[None]
-        else:
-            z = np.stack([embed_array(fn, images, net.image_size, device, batch_size, keys=k, aug=aug, seed=seed,
-                                      view=v) for v in range(num_views)])
+
+        def compute(images=images, k=k) -> dict[str, np.ndarray]:  # (V, B, D)
+            if num_views == 1:
+                return {"z": embed_array(fn, images, net.image_size, device, batch_size)[None]}
+            return {"z": np.stack([embed_array(fn, images, net.image_size, device, batch_size, keys=k, aug=aug,
+                                               seed=seed, view=v) for v in range(num_views)])}
+
+        z = (chunk(f"views-{start}-{start + len(images)}", compute) if chunk else compute())["z"]
         chunks.append(torch.as_tensor(z))
         oks.append(ok)
         errors += errs

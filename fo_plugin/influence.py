@@ -126,12 +126,20 @@ def compute_ssl_influence(
             n = len(pool.ids)
             if n < 2:
                 raise ValueError(f"influence needs at least 2 readable images; {n} of {len(ids)} could be decoded")
-            loss = torch.cat([aug_losses(f, x, cfg).cpu() for x in pool.batches(dev, 256)]).numpy()
+            # every chunk below is kept as it completes (run.chunk): a re-run after a kill redoes only the rest
+            loss = np.concatenate([run.chunk(f"loss-{b * 256}-{b * 256 + len(x)}",
+                                             lambda x=x: {"loss": aug_losses(f, x, cfg).cpu().numpy()})["loss"]
+                                   for b, x in enumerate(pool.batches(dev, 256))])
             progress(0.1, "augmentation losses")
 
             diag, lam, sketch = None, None, None
             if curvature == "diagonal":
-                diag, lam = fit_diagonal(f, lambda: pool.batches(dev, batch_size), cfg)
+                def fit_once() -> dict[str, np.ndarray]:
+                    d, dmp = fit_diagonal(f, lambda: pool.batches(dev, batch_size), cfg)
+                    return {"diag": d.cpu().numpy(), "damping": np.float64(dmp)}
+
+                fit = run.chunk("diagonal", fit_once)
+                diag, lam = torch.as_tensor(fit["diag"]).to(dev), float(fit["damping"])
                 torch.save({"diag": diag.cpu(), "damping": lam}, os.path.join(rdir, "diagonal.pt"))
                 progress(0.4, "diagonal Fisher fitted")
             scale = preconditioner(cfg, diag, lam)
@@ -142,12 +150,12 @@ def compute_ssl_influence(
             si, sketches = np.zeros(n), []
             for b, x in enumerate(pool.batches(dev, batch_size)):
                 if curvature != "ekfac" or sketch is not None:
-                    g = per_example_grads(f, x, cfg)
-                    g = g * scale if scale is not None else g
+                    s0 = b * batch_size
+                    out = run.chunk(f"grads-{s0}-{s0 + len(x)}", lambda x=x: _grad_chunk(f, x, cfg, scale, sketch))
                     if curvature != "ekfac":
-                        si[b * batch_size:b * batch_size + len(g)] = g.double().pow(2).sum(1).cpu().numpy()
+                        si[s0:s0 + len(x)] = out["si"]
                     if sketch is not None:
-                        sketches.append(sketch(g).cpu())
+                        sketches.append(torch.as_tensor(out["sketch"]))
                 progress(0.4 + 0.3 * min(1.0, (b + 1) * batch_size / n), "per-example gradients")
             if curvature == "ekfac":
                 ek = EKFAC(f, cfg, os.path.join(rdir, "kronfluence"), dev, batch_size)
@@ -195,6 +203,17 @@ def compute_ssl_influence(
                              device=str(dev), seconds=time.perf_counter() - t0, pairs=pairs[:1000])
     progress(1.0, f"scored {n} samples")
     return {k: v for k, v in summary.items() if k != "pairs"}
+
+
+def _grad_chunk(f, x, cfg, scale, sketch) -> dict[str, np.ndarray]:
+    """One batch's ||g||^2 (preconditioned; the self-influence for identity / diagonal curvature), (B,) float64,
+    and its gradient sketch (B, d) when one is kept."""
+    g = per_example_grads(f, x, cfg)  # (B, P)
+    g = g * scale if scale is not None else g
+    out = {"si": g.double().pow(2).sum(1).cpu().numpy()}
+    if sketch is not None:
+        out["sketch"] = sketch(g).cpu().numpy()
+    return out
 
 
 def _nearest_by_cosine(z: torch.Tensor, chunk: int = 4096) -> tuple[np.ndarray, np.ndarray]:

@@ -28,6 +28,7 @@ import traceback
 from collections.abc import Callable, Iterable, Iterator
 
 import fiftyone as fo
+import numpy as np
 
 from .core.fingerprint import fingerprint
 
@@ -36,6 +37,7 @@ NAMES = {"ssl_embeddings": "SSL embeddings", "ssl_influence": "influence", "infl
          "near_duplicates": "near-duplicates", "clcore": "CL-Core", "outliers": "outliers",
          "subgroup_audit": "subgroup audit", "quality": "image quality"}
 DECODED_PREFIX = "decoded-"  # temporary memmap folders (features.DecodedImages); a killed run's are removed
+CHUNKS = "chunks"  # per-chunk results (Run.chunk) in the artifact folder; removed at commit
 STAGING = "_ssl_staging"  # no "__": mongoengine reads it as a path separator
 _KEY_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
 
@@ -217,6 +219,7 @@ class Run:
         self.resumable = resumable
         self.fp = fingerprint(self.method, *(fingerprint_parts or (self.config,)))
         self._tags: list[tuple[str, Callable]] = []
+        self.chunks_computed = self.chunks_resumed = 0
         self._views: list[tuple[str, Callable, str]] = []
         self._lock = None
         old = get_config(self.dataset, key)
@@ -350,6 +353,33 @@ class Run:
         ids, vals = self.dataset.values(["id", self.staged(short)])
         return {i: v for i, v in zip(ids, vals) if v is not None}
 
+    def chunk(self, name: str, compute: Callable[[], dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+        """One chunk of this run's work, ``{name: array}``, kept as it completes so that a re-run after a kill
+        (same inputs, so the same fingerprint and artifact folder) starts from the last completed chunk.
+
+        Why: scoring a large collection takes hours; a killed worker should lose one chunk, not the run. The file
+        ``<artifacts>/chunks/<name>.npz`` is written to a temporary name, fsynced and renamed (atomic: a kill leaves
+        a whole chunk or none). ``name`` must say which samples and settings the chunk covers beyond the
+        fingerprint (e.g. its sample range). Counts go to ``chunks_computed`` / ``chunks_resumed``; the folder is
+        removed once the run is committed."""
+        folder = os.path.join(self.artifacts, CHUNKS)
+        path = os.path.join(folder, name + ".npz")
+        if os.path.isfile(path):
+            with np.load(path, allow_pickle=False) as f:
+                out = {k: f[k] for k in f.files}
+            self.chunks_resumed += 1
+            return out
+        out = {k: np.asarray(v) for k, v in compute().items()}
+        os.makedirs(folder, exist_ok=True)
+        tmp = f"{path}.tmp-{os.getpid()}"
+        with open(tmp, "wb") as fh:
+            np.savez(fh, **out)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+        self.chunks_computed += 1
+        return out
+
     def tag(self, tag: str, select: Callable[[fo.Dataset], object]) -> None:
         """At commit, ``tag`` goes on the samples ``select(dataset)`` returns (a view over the final fields)."""
         self._tags.append((tag, select))
@@ -395,9 +425,12 @@ class Run:
                               artifacts=self._artifact_dir_if_any(), **self.config)
             ds.register_run(self.key, cfg, overwrite=True)
             results = {k: v for k, v in results.items() if k != "run_key"}
+            if self.chunks_computed or self.chunks_resumed:
+                results["chunks"] = {"computed": self.chunks_computed, "resumed": self.chunks_resumed}
             ds.save_run_results(self.key, ds.init_run_results(self.key, **_jsonable(results)), overwrite=True)
         self._committed = True
         self._prune_artifacts()
+        shutil.rmtree(os.path.join(run_root(self.dataset, self.key), self.fp, CHUNKS), ignore_errors=True)
         return {"run_key": self.key, **results}
 
     def _check_names(self, ds: fo.Dataset, old: dict) -> None:

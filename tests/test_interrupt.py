@@ -187,6 +187,7 @@ INFLUENCE_FIELDS = ("self_influence", "rank", "percentile", "aug_loss", "dup_of"
 def test_kill_during_influence_leaves_no_fields_readers_refuse_it_and_the_rerun_matches(ds, ref, tmp_path):
     reference = fo_plugin.compute_ssl_influence(small(ds, INF_N), "inf_ref", **INFLUENCE)
     assert reference["num_scored"] == INF_N
+    assert reference["chunks"] == {"computed": 3, "resumed": 0}  # losses 0-64, gradients 0-32 and 32-64
 
     paused = kill_inside(ds, "influence", {"run_key": "inf_c", "_first": INF_N, **INFLUENCE}, "progress:0.5", tmp_path)
     assert "per-example gradients" in paused and float(paused.split()[2]) < 0.7  # mid-way through the gradients
@@ -199,9 +200,13 @@ def test_kill_during_influence_leaves_no_fields_readers_refuse_it_and_the_rerun_
         fo_plugin.find_influential_training_samples(ds, ds.limit(1).values("id"), "inf_c", "shaped_c")
     assert not ds.has_run("shaped_c")
     assert decoded_leftovers(ds, "inf_c")
+    kept = sorted(os.path.basename(p) for p in glob.glob(os.path.join(runs.run_root(ds, "inf_c"), "*", "chunks", "*")))
+    assert kept == ["grads-0-32.npz", "loss-0-64.npz"]  # the completed chunks, nothing half-written
 
     out = fo_plugin.compute_ssl_influence(small(ds, INF_N), "inf_c", **INFLUENCE)
     assert out["num_scored"] == INF_N
+    assert out["chunks"] == {"computed": 1, "resumed": 2}  # only the gradients of samples 32-64 were computed
+    assert glob.glob(os.path.join(runs.run_root(ds, "inf_c"), "*", "chunks")) == []  # removed at commit
     assert fo_plugin.get_run_config(ds, "inf_c")["status"] == "complete"
     for f in INFLUENCE_FIELDS:
         assert_same(values(ds, f"inf_c_{f}"), values(ds, f"inf_ref_{f}"), f"inf_c_{f}")
@@ -233,12 +238,30 @@ def test_kill_during_clcore_keeps_the_previous_run_and_the_rerun_matches(ds, ref
     assert sorted(v for v in ds.list_saved_views() if "[cl_d]" in v) == before_views
 
     out = fo_plugin.compute_clcore(small(ds), "cl_d", **CLCORE)
+    assert out["chunks"] == {"computed": 0, "resumed": 1}  # the projections of the killed attempt were kept
     assert out["num_selected"] == reference["num_selected"] == round(0.8 * SMALL)
     assert "cl_d_gain" not in ds.get_field_schema()  # the released mode writes no gain: the old field is gone
     for f in CLCORE_FIELDS:
         assert_same(values(ds, f"cl_d_{f}"), values(ds, f"cl_ref_{f}"), f"cl_d_{f}")
     assert sorted(v for v in ds.list_saved_views() if "[cl_d]" in v) == [
         "CL-Core least valuable [cl_d]", "CL-Core subset (80%) [cl_d]"]
+    assert staged_fields(ds) == []
+
+
+def test_kill_mid_projection_resumes_clcore_from_the_last_completed_chunk(ds, ref, tmp_path):
+    """All 300 samples: projections go in chunks of 256 decoded images; the kill lands after the first chunk."""
+    full = {**CLCORE, "num_views": 2}
+    reference = fo_plugin.compute_clcore(ds, "cl_ref_f", **full)
+    assert reference["chunks"] == {"computed": 2, "resumed": 0}
+    paused = kill_inside(ds, "clcore", {"run_key": "cl_f", **full}, "progress:0.4", tmp_path)
+    assert "projected 256/300" in paused
+    assert "cl_f_score" not in ds.get_field_schema()
+
+    out = fo_plugin.compute_clcore(ds, "cl_f", **full)
+    assert out["chunks"] == {"computed": 1, "resumed": 1}  # only images 256-300 were projected again
+    assert out["num_selected"] == reference["num_selected"] == round(0.8 * N)
+    for f in CLCORE_FIELDS:
+        assert_same(values(ds, f"cl_f_{f}"), values(ds, f"cl_ref_f_{f}"), f"cl_f_{f}")
     assert staged_fields(ds) == []
 
 
