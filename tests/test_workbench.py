@@ -58,3 +58,25 @@ def test_show_duplicate_group_operator_orders_kept_first_with_the_pair_evidence(
     assert all("cosine=" in e for e in out["evidence"])
     alone = ds.match(F("wb_dups_group") == None).first()  # noqa: E711
     assert run_op("show_duplicate_group", ds, {"run_key": "wb_dups", "sample_id": alone.id}).result["group"] is None
+
+
+def test_panel_renders_the_runs_counts_and_plan(curation_dataset):
+    import json
+
+    from fo_plugin import runs, workbench
+
+    ds = curation_dataset
+    if "wb_dups" not in runs.list_runs(ds):
+        _runs(ds)
+    from fiftyone.operators.executor import ExecutionContext, Executor
+
+    from operators.panel import CurationPanel
+
+    ctx = ExecutionContext(request_params={"dataset_name": ds.name, "panel_id": "p1", "params": {
+        "panel_id": "p1", "__method__": "on_load", "state": {}, "event_args": {}}}, executor=Executor())
+    panel = CurationPanel()
+    panel.on_load(ctx)
+    rendered = json.dumps(panel.render(ctx).to_json())
+    counts = {r["key"]: r["counts"] for r in workbench.list_overview(ds)}
+    assert f"duplicate groups: **{counts['wb_dups']['duplicate groups']}**" in rendered
+    assert f"outliers flagged: **{counts['wb_outl']['outliers flagged']}**" in rendered
