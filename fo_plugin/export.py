@@ -87,6 +87,26 @@ def removed_with_reasons(samples, drops) -> list[tuple[str, str, str]]:
     return out
 
 
+def export_plan(samples, **plan) -> dict:
+    """Dry run of :func:`export_curated` with the same ``plan`` arguments: what it would keep and remove, and why
+    (``num_source``, ``num_kept``, ``num_removed``, ``removed_by_reason``). Writes nothing."""
+    return _plan(samples, plan)[2]
+
+
+def _plan(samples, plan: dict):
+    """(kept view, removed (id, filepath, reason) rows, summary): the selection shared by the export and its dry
+    run; samples whose file is missing are removed too."""
+    kept, drops = curation_plan(samples, **plan)
+    removed = removed_with_reasons(samples, drops)
+    ids, paths = kept.values(["id", "filepath"])
+    missing = [(i, p) for i, p in zip(ids, paths) if not os.path.isfile(p)]
+    if missing:
+        removed += [(i, p, "missing file") for i, p in missing]
+        kept = kept.match(~F("filepath").is_in([p for _, p in missing]))  # grows with the missing files only
+    return kept, removed, {"num_source": len(samples), "num_kept": len(ids) - len(missing),
+                           "num_removed": len(removed), "removed_by_reason": _count(removed), "plan": plan}
+
+
 def export_curated(samples, *, name: str | None = None, export_dir: str | None = None,
                    export_type: str = "fiftyone", label_field: str | None = None, overwrite: bool = False,
                    **plan) -> dict:
@@ -116,18 +136,9 @@ def export_curated(samples, *, name: str | None = None, export_dir: str | None =
             raise ValueError(f"export directory {export_dir!r} exists and is not empty; choose a new one")
     if export_type in ("classification_tree", "coco") and export_dir and not label_field:
         raise ValueError(f"export_type {export_type!r} needs label_field")
-    kept, drops = curation_plan(samples, **plan)
-    removed = removed_with_reasons(samples, drops)
-    ids, paths = kept.values(["id", "filepath"])
-    missing = [(i, p) for i, p in zip(ids, paths) if not os.path.isfile(p)]
-    if missing:
-        removed += [(i, p, "missing file") for i, p in missing]
-        kept = kept.match(~F("filepath").is_in([p for _, p in missing]))  # grows with the missing files only
-    num_kept = len(ids) - len(missing)
-    if num_kept == 0:
+    kept, removed, out = _plan(samples, plan)
+    if out["num_kept"] == 0:
         raise ValueError("the curation removes every sample; nothing to export")
-    out = {"num_source": len(samples), "num_kept": num_kept, "num_removed": len(removed),
-           "removed_by_reason": _count(removed), "plan": plan}
     if export_dir:
         parent = os.path.dirname(export_dir)
         os.makedirs(parent, exist_ok=True)
