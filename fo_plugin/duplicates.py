@@ -16,10 +16,12 @@ from fiftyone import ViewField as F
 from . import params, runs
 from .core.duplicates import find_duplicates, groups, pixel_signatures, representatives
 from .core.hashing import file_hash, hash_groups
+from .core.splits import leaky_fractions, leaky_groups
 from .features import DecodedImages, canonical, field_vectors
 
 METHOD = runs.METHOD_PREFIX + "near_duplicates"
 POLICIES = ("clcore", "influence", "largest_file", "first")
+SPLIT_TAGS = ("train", "test", "val", "validation")
 
 
 def duplicate_fields(run_key: str) -> dict[str, str]:
@@ -30,12 +32,41 @@ FIELD_TYPES = {"group": fo.IntField, "kind": fo.StringField, "keep": fo.BooleanF
                "error": fo.StringField}
 
 
-def _names(run_key: str) -> tuple[str, str, str, str]:
-    """(duplicate tag, representative tag, duplicates view, representatives view) of a run."""
+def _names(run_key: str) -> tuple[str, str, str, str, str]:
+    """(duplicate tag, representative tag, duplicates view, representatives view, leaky-split view) of a run."""
     if run_key == "dups":
-        return "near_duplicate", "duplicate_representative", "near duplicates", "duplicate representatives"
+        return ("near_duplicate", "duplicate_representative", "near duplicates", "duplicate representatives",
+                "leaky split pairs")
     return (f"{run_key}:near_duplicate", f"{run_key}:representative", f"near duplicates [{run_key}]",
-            f"duplicate representatives [{run_key}]")
+            f"duplicate representatives [{run_key}]", f"leaky split pairs [{run_key}]")
+
+
+def split_source(samples, split: str | None) -> str | None:
+    """Where the split labels come from: a string field, ``"tags"`` (train / test / val / validation tags), or None.
+    ``split=None`` detects: a string field named "split", else those tags if any sample has one; "none" is off."""
+    if split == "none":
+        return None
+    schema = samples.get_field_schema()
+    if split is None:
+        if isinstance(schema.get("split"), fo.StringField):
+            return "split"
+        return "tags" if set(samples.distinct("tags")) & set(SPLIT_TAGS) else None
+    if split == "tags":
+        return split
+    if split not in schema:
+        raise ValueError(f"split field {split!r} does not exist (give a string field, 'tags' or 'none')")
+    if not isinstance(schema[split], fo.StringField):
+        raise ValueError(f"split field {split!r} is a {type(schema[split]).__name__}, not a string field")
+    return split
+
+
+def _split_labels(samples, source: str, ids: list[str]) -> np.ndarray:
+    """(N,) split label of each of ``ids`` (None where a sample has none; with tags, the first split tag)."""
+    sids, vals = samples.values(["id", source])
+    if source == "tags":
+        vals = [next((t for t in SPLIT_TAGS if t in (tags or [])), None) for tags in vals]
+    by_id = dict(zip(sids, vals))
+    return np.array([by_id.get(i) for i in ids], dtype=object)
 
 
 def _priority(samples, ids: list[str], paths: list[str], policy: str, clcore_run: str, influence_run: str
@@ -68,6 +99,7 @@ def find_near_duplicates(
     influence_run: str | None = None,
     influence_threshold: float = 0.9,
     mutual: bool = False,
+    split: str | None = None,
     keep: str = "first",
     clcore_run: str = "clcore",
     overwrite: bool = False,
@@ -92,6 +124,11 @@ def find_near_duplicates(
             ``"influence"`` (lowest self-influence of ``influence_run``), ``"largest_file"`` or ``"first"`` (first
             in the view's order).
         mutual (False): require mutual nearest neighbours.
+        split (None: detect): where each sample's split comes from: a string field, ``"tags"`` (train / test /
+            val / validation tags), ``"none"``; detected from a string field named "split", else those tags. With
+            a split, ``<key>_leaky`` is True on every member of a group that spans splits, the saved view "leaky
+            split pairs" holds them, and the results give each split's fraction of samples with a duplicate in
+            another split (``leaky_fraction``).
 
     Returns:
         a summary dict; the pairs (ids, cosines) are in the run results.
@@ -112,11 +149,16 @@ def find_near_duplicates(
     if keep == "influence" and not influence_run:
         raise ValueError("keep='influence' needs influence_run=<an influence run> (the lowest self-influence is kept)")
     names = duplicate_fields(run_key)
-    dup_tag, rep_tag, dup_view, rep_view = _names(run_key)
+    dup_tag, rep_tag, dup_view, rep_view, leak_view = _names(run_key)
+    source = split_source(samples, split)
+    types = dict(FIELD_TYPES)
+    if source is not None:
+        names["leaky"], types["leaky"] = f"{run_key}_leaky", fo.BooleanField
     config = {"embeddings_field": embeddings_field, "k": k, "threshold": threshold,
               "pixel_threshold": pixel_threshold, "detail_threshold": detail_threshold, "influence_run": influence_run,
-              "influence_threshold": influence_threshold, "mutual": mutual, "keep": keep, "clcore_run": clcore_run}
-    run = runs.Run(samples, run_key, "near_duplicates", {k_: (v, FIELD_TYPES[k_], {}) for k_, v in names.items()},
+              "influence_threshold": influence_threshold, "mutual": mutual, "keep": keep, "clcore_run": clcore_run,
+              "split": source}
+    run = runs.Run(samples, run_key, "near_duplicates", {k_: (v, types[k_], {}) for k_, v in names.items()},
                    config, overwrite=overwrite, minimum=2, what="near-duplicate search")
     with run:
         t0 = time.perf_counter()
@@ -163,6 +205,16 @@ def find_near_duplicates(
                       f"near-duplicate groups of run {run_key!r}")
         run.save_view(rep_view, lambda ds: ds.match((F(g_) != None) & (F(k_) == True)).sort_by(g_),  # noqa: E711
                       f"the member kept in each near-duplicate group of run {run_key!r}")
+        leak = {"split": source}
+        if source is not None:
+            labels = _split_labels(samples, source, ids)
+            leaky = leaky_groups(group, labels)
+            run.write("leaky", [ids[i] for i in np.flatnonzero(leaky)], [True] * int(leaky.sum()))
+            l_ = names["leaky"]
+            run.save_view(leak_view, lambda ds: ds.match(F(l_) == True).sort_by(g_),  # noqa: E712
+                          f"duplicate groups of run {run_key!r} whose members lie in different splits ({source})")
+            leak.update(leaky_fraction=leaky_fractions(leaky, labels), num_leaky_samples=int(leaky.sum()),
+                        num_leaky_groups=int(len(np.unique(group[leaky]))))
         pair_list = [{"a": vids[int(r[0])], "b": vids[int(r[1])], "kind": "near", "cosine": float(r[2]),
                       "checks": [float(v) for v in r[3:]]} for r in pairs]
         pair_list += [{"a": ids[a], "b": ids[b], "kind": "exact", "cosine": 1.0, "checks": []} for a, b in chain]
@@ -171,7 +223,8 @@ def find_near_duplicates(
                              num_exact_samples=int((exact >= 0).sum()),
                              num_pairs=len(pair_list), num_groups=int(len(np.unique(group[group >= 0]))),
                              num_in_groups=int((group >= 0).sum()), num_to_drop=int((~keep_mask).sum()),
-                             saved_views=[dup_view, rep_view], tags=[dup_tag, rep_tag],
+                             saved_views=[dup_view, rep_view] + ([leak_view] if source else []),
+                             tags=[dup_tag, rep_tag], **leak,
                              seconds=time.perf_counter() - t0, pairs=pair_list)
     progress(1.0, "done")
     return {k_: v for k_, v in summary.items() if k_ != "pairs"}

@@ -15,7 +15,7 @@ _BOOKKEEPING = {"method", "status", "fields", "tags", "saved_views", "tag_views"
 _COUNTS = {
     "near_duplicates": [("duplicate groups", "num_groups"), ("samples in groups", "num_in_groups"),
                         ("samples to drop", "num_to_drop"), ("exact-duplicate groups", "num_exact_groups"),
-                        ("exact-duplicate samples", "num_exact_samples"), ("leaky-split pairs", "num_leaky_pairs")],
+                        ("exact-duplicate samples", "num_exact_samples"), ("samples with a duplicate in another split", "num_leaky_samples")],
     "outliers": [("outliers flagged", "num_flagged"), ("samples scored", "num_scored")],
     "quality": [("images flagged", "num_flagged")],
     "clcore": [("CL-Core kept", "num_selected"), ("CL-Core scored", "num_scored")],

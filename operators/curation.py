@@ -53,6 +53,11 @@ class FindNearDuplicates(CurationOperator):
             dropdown(inputs, "influence_run", infl, "Also confirm with influence gradients (optional)")
         dropdown(inputs, "keep", POLICIES, "Representative", default="first",
                   description="clcore: highest CL-Core score; influence: lowest self-influence; largest_file; first")
+        strings = [k for k, f in ctx.dataset.get_field_schema().items() if isinstance(f, fo.StringField)
+                   and k not in ("filepath", "id")]
+        dropdown(inputs, "split", ["auto", "none", "tags", *strings], "Split (leaky-split check)", default="auto",
+                 description="auto: a string field named 'split', else train/test/val tags; groups that cross "
+                             "splits get <key>_leaky and the saved view 'leaky split pairs'")
         add_run_key(ctx, inputs, "dups", lambda k: duplicate_fields(k).values())
         return types.Property(inputs, view=types.View(label="Find near-duplicates"))
 
@@ -66,13 +71,16 @@ class FindNearDuplicates(CurationOperator):
             threshold=p.get("threshold", 0.8),
             pixel_threshold=p.get("pixel_threshold", 0.8) if p.get("pixel_check", True) else None,
             detail_threshold=p.get("detail_threshold", 0.5) if p.get("pixel_check", True) else None,
-            influence_run=p.get("influence_run") or None, keep=p.get("keep", "first"), progress=self.progress(ctx))
+            influence_run=p.get("influence_run") or None, keep=p.get("keep", "first"),
+            split=None if p.get("split", "auto") == "auto" else p["split"], progress=self.progress(ctx))
         reload_app(ctx)
         return out
 
     def resolve_output(self, ctx):
         outputs = types.Object()
         outputs.int("num_groups", label="Duplicate groups")
+        outputs.str("split", label="Split used for the leaky-split check (None: no split found)")
+        outputs.obj("leaky_fraction", label="Fraction of each split with a duplicate in another split")
         outputs.int("num_exact_groups", label="...of which byte-identical copies (found by hashing)")
         outputs.int("num_in_groups", label="Samples in groups")
         outputs.int("num_to_drop", label="Duplicates an export would drop (keep = False)")
