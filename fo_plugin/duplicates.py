@@ -15,7 +15,7 @@ from fiftyone import ViewField as F
 
 from . import params, runs
 from .core.duplicates import find_duplicates, groups, pixel_signatures, representatives
-from .core.hashing import file_hash, hash_groups
+from .core.hashing import array_hash, file_hash, hash_groups, pixel_hash
 from .core.splits import leaky_fractions, leaky_groups
 from .features import DecodedImages, canonical, field_vectors
 
@@ -107,7 +107,8 @@ def find_near_duplicates(
 ) -> dict:
     """Group near-duplicates and flag one representative per group.
 
-    Byte-identical files are found first by hashing (group kind ``"exact"``, whether or not they have an
+    Byte-identical files (and images with identical decoded pixels, when the pixel check runs) are found by
+    hashing (group kind ``"exact"``; byte-identical files whether or not they have an
     embedding). A near-duplicate pair is reported when the two samples are among each other's ``k`` nearest SSL neighbours with cosine
     >= ``threshold`` and every confirming signal agrees: the correlation of their 32x32 grayscale thumbnails
     >= ``pixel_threshold`` (the layout) and of the thumbnails' fine detail >= ``detail_threshold`` (None skips a
@@ -163,8 +164,9 @@ def find_near_duplicates(
     with run:
         t0 = time.perf_counter()
         ids, paths = canonical(samples)
-        exact = hash_groups([file_hash(p) if os.path.isfile(p) else None for p in paths])  # identical bytes
-        progress(0.1, f"{int((exact >= 0).sum())} samples are byte-identical copies")
+        same_bytes = hash_groups([file_hash(p) if os.path.isfile(p) else None for p in paths])
+        progress(0.1, f"{int((same_bytes >= 0).sum())} samples are byte-identical copies")
+        pixel_keys: list[str | None] = [None] * len(ids)
         z, ok, rejected = field_vectors(samples, embeddings_field, ids)
         valid = np.flatnonzero(ok)
         vids, vpaths = [ids[i] for i in valid], [paths[i] for i in valid]
@@ -172,6 +174,8 @@ def find_near_duplicates(
         if pixel_threshold is not None or detail_threshold is not None:
             with DecodedImages(vpaths, vids, 32, run.artifacts) as thumbs:  # a memmap: bounded memory
                 structure, detail = pixel_signatures(thumbs.images)
+                for r, key in _identical_pixels(thumbs, vpaths).items():
+                    pixel_keys[int(valid[r])] = key
             checks += [(s, t) for s, t in ((structure, pixel_threshold), (detail, detail_threshold)) if t is not None]
         if influence_run:
             checks.append((_influence_signature(dataset, influence_run, vids), influence_threshold))
@@ -181,9 +185,9 @@ def find_near_duplicates(
         pairs = found["pairs"]
         near = np.column_stack([valid[pairs[:, 0].astype(np.int64)], valid[pairs[:, 1].astype(np.int64)]]) \
             if len(pairs) else np.zeros((0, 2), np.int64)
-        order = np.argsort(exact, kind="stable")  # members of each hash group side by side: O(N log N)
-        order = order[exact[order] >= 0]
-        chain = [(int(a), int(b)) for a, b in zip(order[:-1], order[1:]) if exact[a] == exact[b]]
+        exact = groups(len(ids), np.array(_chain(same_bytes) + _chain(hash_groups(pixel_keys)), np.float64
+                                          ).reshape(-1, 2))  # identical bytes or identical decoded pixels
+        chain = _chain(exact)
         group = groups(len(ids), np.array([*near.tolist(), *chain], dtype=np.float64).reshape(-1, 2))
         kind = np.where(exact >= 0, "exact", np.where(group >= 0, "near", None))
         keep_mask = representatives(group, _priority(samples, ids, paths, keep, clcore_run, influence_run or ""))
@@ -228,6 +232,23 @@ def find_near_duplicates(
                              seconds=time.perf_counter() - t0, pairs=pair_list)
     progress(1.0, "done")
     return {k_: v for k_, v in summary.items() if k_ != "pairs"}
+
+
+def _chain(group: np.ndarray) -> list[tuple[int, int]]:
+    """Pairs linking the members of each group in a chain (consecutive members after sorting): O(N log N)."""
+    order = np.argsort(group, kind="stable")
+    order = order[group[order] >= 0]
+    return [(int(a), int(b)) for a, b in zip(order[:-1], order[1:]) if group[a] == group[b]]
+
+
+def _identical_pixels(thumbs: DecodedImages, paths: list[str]) -> dict[int, str]:
+    """{row: full-resolution pixel hash} for the decoded images whose thumbnail equals another's: only those can
+    have identical pixels, so the full decode is paid for a handful of candidates, not for every image."""
+    keys = {int(r): array_hash(thumbs.images[r]) for r in thumbs.valid}
+    counts: dict[str, int] = {}
+    for k in keys.values():
+        counts[k] = counts.get(k, 0) + 1
+    return {r: h for r, k in keys.items() if counts[k] > 1 and (h := pixel_hash(paths[r])) is not None}
 
 
 def _influence_signature(dataset, influence_run: str, ids: list[str]) -> torch.Tensor:

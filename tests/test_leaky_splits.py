@@ -10,14 +10,16 @@ import numpy as np
 import pytest
 from conftest import run_op
 from fiftyone import ViewField as F
+from PIL import Image
 
 import fo_plugin
 
 
 @pytest.fixture()
 def split_dataset(cifar_files, tmp_images):
-    """40 train + 20 test real images, 4 test images copied (same bytes) into train; a random vector field (no
-    near-duplicate survives the pixel confirmation, so every group found is an exact one)."""
+    """40 train + 20 test real images, 4 test images copied (same bytes) into train and one saved again as PNG (same
+    pixels, other bytes); a random vector field (no near-duplicate survives the pixel confirmation, so every group
+    found is an exact one)."""
     folder = os.path.join(tmp_images, "leaky")
     os.makedirs(folder, exist_ok=True)
     paths = [p for p, _, _ in cifar_files[:60]]
@@ -27,10 +29,13 @@ def split_dataset(cifar_files, tmp_images):
     for k, p in enumerate(leaked):
         copies.append(os.path.join(folder, f"leak_{k}.jpg"))
         shutil.copyfile(p, copies[-1])
+    Image.open(paths[44]).convert("RGB").save(os.path.join(folder, "leak_png.png"))
+    copies.append(os.path.join(folder, "leak_png.png"))
+    leaked = leaked + [paths[44]]
     rng = np.random.default_rng(0)
     ds = fo.Dataset()
     ds.add_samples([fo.Sample(filepath=p, split=s, tags=[s], emb=rng.normal(size=32))
-                    for p, s in zip(paths + copies, split + ["train"] * 4)], progress=False)
+                    for p, s in zip(paths + copies, split + ["train"] * 5)], progress=False)
     yield ds, set(leaked) | set(copies)
     ds.delete()
 
@@ -43,8 +48,10 @@ def test_cross_split_groups_are_marked_viewed_and_counted(split_dataset, split):
     out = res.result
     assert out["split"] == ("split" if split == "auto" else split)
     assert set(ds.match(F("dups_leaky") == True).values("filepath")) == leaked  # noqa: E712
-    assert out["num_leaky_groups"] == 4 and out["num_leaky_samples"] == 8
-    assert out["leaky_fraction"] == pytest.approx({"test": 4 / 20, "train": 4 / 44})
+    assert out["num_leaky_groups"] == 5 and out["num_leaky_samples"] == 10
+    assert out["leaky_fraction"] == pytest.approx({"test": 5 / 20, "train": 5 / 45})
+    assert out["num_exact_groups"] == 5  # the PNG copy is found by its decoded pixels
+    assert set(ds.match(F("dups_leaky") == True).values("dups_kind")) == {"exact"}  # noqa: E712
     view = ds.load_saved_view("leaky split pairs")
     assert set(view.values("filepath")) == leaked
     groups = view.values("dups_group")

@@ -79,8 +79,7 @@ def groups(n: int, pairs: np.ndarray) -> np.ndarray:
     in_pair = np.zeros(n, dtype=bool)
     in_pair[pairs[:, :2].astype(np.int64).reshape(-1)] = True
     out = np.full(n, -1)
-    for gid, r in enumerate(np.unique(roots[in_pair])):
-        out[roots == r] = gid
+    out[in_pair] = np.unique(roots[in_pair], return_inverse=True)[1]  # every member of a group is in a pair: O(N log N)
     return out
 
 

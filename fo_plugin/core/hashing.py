@@ -1,11 +1,12 @@
-"""Exact duplicates, cheaply: a hash of each file's bytes (byte-identical copies) and groups of equal hashes.
-(The same pixels saved in another format are not exact copies here; the near-duplicate check confirms them.)"""
+"""Exact duplicates, cheaply: a hash of each file's bytes (byte-identical copies), a hash of the decoded pixels
+(the same image saved in another lossless format or with other metadata) and groups of equal hashes."""
 
 from __future__ import annotations
 
 import hashlib
 
 import numpy as np
+from PIL import Image, ImageOps
 
 
 def file_hash(path: str, block: int = 1 << 20) -> str:
@@ -14,6 +15,27 @@ def file_hash(path: str, block: int = 1 << 20) -> str:
     with open(path, "rb") as f:
         while chunk := f.read(block):
             h.update(chunk)
+    return h.hexdigest()
+
+
+def pixel_hash(path: str) -> str | None:
+    """BLAKE2 hex digest of the fully decoded RGB pixels and their size (EXIF orientation applied), None when the
+    file cannot be decoded. Equal digests: identical images whatever the file format or metadata."""
+    try:
+        with Image.open(path) as im:
+            im = ImageOps.exif_transpose(im).convert("RGB")
+            h = hashlib.blake2b(f"{im.size}".encode(), digest_size=20)
+            h.update(im.tobytes())
+            return h.hexdigest()
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError):
+        return None
+
+
+def array_hash(x: np.ndarray) -> str:
+    """BLAKE2 hex digest of an array's bytes and shape (e.g. a thumbnail: equal thumbnails are candidates for
+    identical pixels, confirmed with :func:`pixel_hash`)."""
+    h = hashlib.blake2b(str(x.shape).encode(), digest_size=20)
+    h.update(np.ascontiguousarray(x).tobytes())
     return h.hexdigest()
 
 
