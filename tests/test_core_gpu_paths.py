@@ -2,7 +2,7 @@
 non-blocking copies, and identity-curvature influence on the resulting model, against the fp32 path.
 
 Tolerances: bf16 keeps 8 bits of mantissa (~3 significant digits), so single activations differ by ~1e-2
-relative; a few optimiser steps from the same initialisation and the same batches must still give nearly the same
+relative; two optimiser steps from the same initialisation and the same batches must still give nearly the same
 model. We assert agreement of what the curation uses (embedding directions, influence ranks), not of raw weights.
 """
 
@@ -25,19 +25,19 @@ CPU = torch.device("cpu")
 
 @pytest.fixture(scope="module")
 def images(cifar_files):
-    """128 real CIFAR-10 images at 16x16, uint8 (128, 16, 16, 3)."""
-    return next(iter_decoded([p for p, _, _ in cifar_files[::3]][:128], SIZE, batch_size=128))[1]
+    """64 real CIFAR-10 images at 16x16, uint8 (64, 16, 16, 3)."""
+    return next(iter_decoded([p for p, _, _ in cifar_files[::6]][:64], SIZE, batch_size=64))[1]
 
 
 def _train(images, **kw):
-    cfg = TrainConfig(epochs=2, batch_size=64, seed=3, augment=AugmentConfig(size=SIZE), **kw)
+    cfg = TrainConfig(epochs=1, batch_size=32, seed=3, augment=AugmentConfig(size=SIZE), **kw)
     model, hist = train_proxy(images, sample_keys(range(len(images))), cfg, CPU, ProxyConfig(width=8, image_size=SIZE))
     return model, hist
 
 
 @pytest.fixture(scope="module")
 def trained(images):
-    """The same 4 SimCLR steps in fp32, in bf16 autocast (the CUDA default), and fp32 with channels_last."""
+    """The same 2 SimCLR steps in fp32, in bf16 autocast (the CUDA default), and fp32 with channels_last."""
     return {"fp32": _train(images), "bf16": _train(images, precision="bf16"),
             "nhwc": _train(images, channels_last=True)}
 
@@ -91,12 +91,12 @@ def test_bf16_embeddings_agree_with_fp32(trained, images):
     e32 = embed_array(m32.features, images, SIZE, CPU, batch_size=50)
     e16 = embed_array(m32.features, images, SIZE, CPU, batch_size=50, precision="bf16", channels_last=True)
     assert e16.dtype == np.float32 and not np.array_equal(e32, e16)
-    assert _cos_rows(e32, e16).min() > 0.99  # embedding precision alone
+    assert _cos_rows(e32, e16).min() > 0.999  # embedding precision alone
     e_tr = embed_array(trained["bf16"][0].features, images, SIZE, CPU, batch_size=50, precision="bf16")
     assert np.median(_cos_rows(e32, e_tr)) > 0.99  # the whole CUDA path: bf16 training and bf16 embedding
 
 
 def test_influence_on_bf16_trained_model_ranks_like_fp32(trained, images):
-    si32 = _self_influence(trained["fp32"][0], images[:64])
-    si16 = _self_influence(trained["bf16"][0], images[:64])
+    si32 = _self_influence(trained["fp32"][0], images[:40])
+    si16 = _self_influence(trained["bf16"][0], images[:40])
     assert spearman(si32, si16) > 0.95
