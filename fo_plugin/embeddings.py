@@ -20,7 +20,7 @@ from . import params, runs
 from .core import rng
 from .core.augment import AugmentConfig
 from .core.backbones import BackboneSpec, load_backbone
-from .core.device import resolve_device
+from .core.device import resolve_device, resolve_precision
 from .core.embed import embed_array
 from .core.hashing import file_hash
 from .core.images import iter_decoded
@@ -54,6 +54,7 @@ def compute_ssl_embeddings(
     seed: int = 0,
     batch_size: int = 256,
     device: str = "auto",
+    precision: str = "auto",
     run_key: str | None = None,
     retrain: bool = False,
     resume: bool = True,
@@ -74,6 +75,8 @@ def compute_ssl_embeddings(
         epochs (10), proxy_width (32), augment (SimCLR at s=0.5), seed (0): proxy training.
         batch_size (256): images per forward / training step.
         device ("auto"): ``"auto"``, ``"cpu"`` or ``"cuda"``.
+        precision ("auto"): ``"fp32"``, ``"bf16"`` (autocast, on CPU as on CUDA) or ``"auto"`` (bf16 on CUDA, fp32 on
+            CPU); the resolved value is part of the run's fingerprint (it changes the weights and embeddings).
         run_key (None): defaults to ``embeddings_field``.
         retrain (False): train a new proxy even if the run already holds one for the same images and settings.
         resume (True): after an interrupted attempt with identical inputs (model, images, settings), keep what it
@@ -102,19 +105,22 @@ def compute_ssl_embeddings(
     if checkpoint is not None and not os.path.isfile(checkpoint):
         raise ValueError(f"checkpoint file not found: {checkpoint}")
     dev = resolve_device(device)
+    precision = resolve_precision(precision, dev)
     aug = augment if isinstance(augment, AugmentConfig) else AugmentConfig.from_dict(augment or {})
     if backbone == "proxy":
         image_size = image_size or aug.size
         aug = AugmentConfig.from_dict({**aug.to_dict(), "size": image_size})
-    train_cfg = TrainConfig(epochs=epochs, batch_size=batch_size, seed=seed, augment=aug)
+    train_cfg = TrainConfig(epochs=epochs, batch_size=batch_size, seed=seed, augment=aug, precision=precision)
     error_field = embeddings_field + "_error"
     training = backbone == "proxy" and checkpoint is None
     ids, paths = canonical(samples)
     train = _train_dict(train_cfg, proxy_width) if training else None
     model_id = train if training else {**BackboneSpec(backbone, model_name, None, pretrained, image_size).to_dict(),
-                                       "weights": file_hash(checkpoint) if checkpoint else None}
+                                       "weights": file_hash(checkpoint) if checkpoint else None,
+                                       "precision": precision}
     config = {"embeddings_field": embeddings_field, "error_field": error_field, "train": train,
-              "device": str(dev), "batch_size": batch_size, "view_stages": json.dumps(samples.view()._serialize())}
+              "device": str(dev), "precision": precision, "batch_size": batch_size,
+              "view_stages": json.dumps(samples.view()._serialize())}
     run = runs.Run(samples, run_key, "ssl_embeddings",
                    {"embedding": (embeddings_field, fo.VectorField, {}), "error": (error_field, fo.StringField, {})},
                    config, fingerprint_parts=(model_id, ids), overwrite=overwrite, minimum=2 if training else 1,
@@ -150,7 +156,7 @@ def compute_ssl_embeddings(
             chunk_ids = [ids[n] for n in todo[start:start + len(images)]]
             emb, good = None, ok.copy()
             if ok.any():
-                got = embed_array(net, images[ok], net.image_size, dev, batch_size)
+                got = embed_array(net, images[ok], net.image_size, dev, batch_size, precision=precision)
                 emb = np.zeros((len(images), got.shape[1]), np.float32)
                 emb[ok] = got
                 good &= valid_rows(emb)

@@ -6,6 +6,8 @@ import contextlib
 
 import torch
 
+PRECISIONS = ("auto", "fp32", "bf16")
+
 
 def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
     """Map ``"auto"`` to CUDA when available, else CPU; validate explicit choices.
@@ -23,8 +25,30 @@ def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
     return dev
 
 
-def autocast(device: torch.device, enabled: bool = True):
-    """bfloat16 autocast on CUDA (mixed precision); a no-op context on CPU, where fp32 is exact and fast enough."""
-    if enabled and device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
+def resolve_precision(precision: str | None, device: torch.device) -> str:
+    """``"auto"`` -> ``"bf16"`` on CUDA (mixed precision, fast), ``"fp32"`` on CPU (exact; CPU bf16 is rarely faster).
+
+    ``"bf16"`` is honoured on CPU too, so the CUDA numerics can be exercised (and tested) without a GPU.
+
+    Raises:
+        ValueError: an unknown precision.
+    """
+    precision = precision or "auto"
+    if precision not in PRECISIONS:
+        raise ValueError(f"unsupported precision {precision!r}: use one of {PRECISIONS}")
+    if precision == "auto":
+        return "bf16" if device.type == "cuda" else "fp32"
+    return precision
+
+
+def autocast(device: torch.device, precision: str | None = "auto"):
+    """bfloat16 autocast on ``device`` (CUDA or CPU, same code path) when the precision resolves to ``"bf16"``;
+    a no-op context for ``"fp32"``."""
+    if resolve_precision(precision, device) == "bf16":
+        return torch.autocast(device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
+
+
+def memory_format(channels_last: bool) -> torch.memory_format:
+    """NHWC (``channels_last``: faster convolutions on tensor cores, valid on CPU too) or the default NCHW."""
+    return torch.channels_last if channels_last else torch.contiguous_format

@@ -1,4 +1,5 @@
-"""Batched forward passes: uint8 images -> float32 features, on the device, with mixed precision on CUDA."""
+"""Batched forward passes: uint8 images -> float32 features, on the device, with mixed precision on CUDA (or where
+asked)."""
 
 from __future__ import annotations
 
@@ -8,18 +9,20 @@ import numpy as np
 import torch
 
 from .augment import AugmentConfig, augment, resize
-from .device import autocast
+from .device import autocast, memory_format
 from .images import to_float
 
 
 @torch.no_grad()
 def embed_array(fn: Callable[[torch.Tensor], torch.Tensor], images: np.ndarray, size: int, device: torch.device,
                 batch_size: int = 256, keys: torch.Tensor | None = None, aug: AugmentConfig | None = None,
-                seed: int = 0, view: int = 0) -> np.ndarray:
+                seed: int = 0, view: int = 0, precision: str = "auto", channels_last: bool = False) -> np.ndarray:
     """Apply ``fn`` (a model taking [0, 1] images) to uint8 images (N, H, W, 3).
 
     With ``aug`` and ``keys``, each image is first replaced by its augmented view ``view`` (see
-    :func:`augment.augment`), so views are identical whatever the batch size.
+    :func:`augment.augment`), so views are identical whatever the batch size. ``precision`` (``"auto"``: bf16 on
+    CUDA, fp32 on CPU; see :func:`device.resolve_precision`) and ``channels_last`` (NHWC input) are honoured on any
+    device.
 
     Returns:
         float32 (N, D) numpy array.
@@ -29,8 +32,8 @@ def embed_array(fn: Callable[[torch.Tensor], torch.Tensor], images: np.ndarray, 
         x = to_float(images[start:start + batch_size], device)
         if aug is not None:
             x = augment(x, keys[start:start + batch_size].to(device), aug, seed, view)
-        x = resize(x, size)
-        with autocast(device):
+        x = resize(x, size).contiguous(memory_format=memory_format(channels_last))
+        with autocast(device, precision):
             out.append(fn(x).float().cpu())
     if not out:
         return np.zeros((0, 0), dtype=np.float32)

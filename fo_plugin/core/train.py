@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from .augment import AugmentConfig, augment
-from .device import autocast
+from .device import autocast, memory_format
 from .images import to_float
 from .models import ProxyConfig, ProxyModel
 from .ntxent import nt_xent
@@ -27,6 +27,9 @@ class TrainConfig:
         lr (1e-3), weight_decay (1e-6): Adam, as in the SAS code.
         temperature (0.5): NT-Xent temperature.
         seed (0): fixes initialisation, batch order and augmentations.
+        precision ("auto"): ``"fp32"``, ``"bf16"`` (autocast, on CPU as on CUDA) or ``"auto"`` (bf16 on CUDA, fp32 on
+            CPU); bf16 changes the weights, so callers record the resolved value.
+        channels_last (False): NHWC model and batches (a speed option for tensor cores; same results up to rounding).
     """
 
     epochs: int = 10
@@ -36,6 +39,8 @@ class TrainConfig:
     temperature: float = 0.5
     seed: int = 0
     augment: AugmentConfig = field(default_factory=AugmentConfig)
+    precision: str = "auto"
+    channels_last: bool = False
 
 
 def train_proxy(images: np.ndarray, keys: torch.Tensor, cfg: TrainConfig, device: torch.device,
@@ -56,7 +61,8 @@ def train_proxy(images: np.ndarray, keys: torch.Tensor, cfg: TrainConfig, device
     if n < 2:
         raise ValueError(f"proxy training needs at least 2 images, got {n}")
     torch.manual_seed(cfg.seed)
-    model = ProxyModel(model_cfg or ProxyConfig(image_size=cfg.augment.size)).to(device).train()
+    fmt = memory_format(cfg.channels_last)
+    model = ProxyModel(model_cfg or ProxyConfig(image_size=cfg.augment.size)).to(device, memory_format=fmt).train()
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     gen = np.random.default_rng(cfg.seed)
     bs = min(cfg.batch_size, n)
@@ -75,9 +81,9 @@ def train_proxy(images: np.ndarray, keys: torch.Tensor, cfg: TrainConfig, device
             idx = np.sort(order[start:start + bs])
             x = to_float(images[idx], device)
             k = keys[idx].to(device)
-            with autocast(device):
-                v1 = augment(x, k, cfg.augment, cfg.seed + epoch, 0)
-                v2 = augment(x, k, cfg.augment, cfg.seed + epoch, 1)
+            with autocast(device, cfg.precision):
+                v1 = augment(x, k, cfg.augment, cfg.seed + epoch, 0).contiguous(memory_format=fmt)
+                v2 = augment(x, k, cfg.augment, cfg.seed + epoch, 1).contiguous(memory_format=fmt)
                 loss = nt_xent(model(v1), model(v2), cfg.temperature)
             opt.zero_grad(set_to_none=True)
             loss.backward()
