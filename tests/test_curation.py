@@ -25,15 +25,17 @@ def test_near_duplicates_recall_precision_and_one_representative_per_group(curat
     assert res.error is None, res.error
     planted = ds.match(F("planted") == "duplicate")
     truth = {tuple(sorted(p)) for p in zip(*planted.values(["id", "dup_source"]))}
+    grouped = ds.match(F("planted") == "grouped").values("id")  # one MNIST digit rolled by +-1 px: real copies
+    also = {tuple(sorted((a, b))) for a in grouped for b in grouped if a != b}
     found = _pairs_found(ds, "dups")
     recall = len(found & truth) / len(truth)
-    precision = len(found & truth) / max(1, len(found))
+    precision = len((found & truth) | (found & also)) / max(1, len(found))
     by_kind = {}
     for sid, src, kind in zip(*planted.values(["id", "dup_source", "dup_kind"])):
         by_kind.setdefault(kind, []).append(tuple(sorted((sid, src))) in found)
     print(f"near-duplicates: recall {recall:.2f}, precision {precision:.2f}, "
           + ", ".join(f"{k} {np.mean(v):.2f}" for k, v in by_kind.items()))
-    assert recall >= 0.75 and precision >= 0.5
+    assert recall >= 0.9 and precision >= 0.9
     assert np.mean(by_kind["exact"]) == 1.0
     exact = planted.match(F("dup_kind") == "exact")
     sources = ds.select(exact.values("dup_source"))
