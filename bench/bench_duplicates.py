@@ -1,10 +1,13 @@
-"""Planted near-duplicate benchmark on real CIFAR-10: the aligned verifier (:func:`aligned_pair_scores`) against the
-fixed-position thumbnail check (:func:`pixel_signatures`, layout >= 0.8 and detail >= 0.5), on the same candidates.
+"""Planted near-duplicate benchmark on real CIFAR-10: the aligned verifier (:func:`aligned_pair_scores`) on
+candidate pairs: precision, recall per planted kind, false pairs, over its threshold.
 
 Population: ``--population`` distinct train images; planted: ``--per-kind`` copies of every kind of
 :mod:`fo_plugin.core.transforms`, each made from another train image (not in the population) which is added too.
-Candidates: k = 10 nearest neighbours on 16 x 16 mean-removed luma (independent of the verifier), UNION the planted
-pairs it misses (its recall is reported separately). Every candidate pair not planted counts as false (CIFAR-10 has a
+Candidates (``--candidates``): ``luma`` (default): k = 10 nearest neighbours on 16 x 16 mean-removed luma
+(independent of the verifier), UNION the planted pairs it misses (its recall is reported separately): the verifier
+alone. ``ssl``: the product's candidates, each other's k = 10 neighbours with cosine >= 0.8 in the embedding of an
+offline proxy trained ``--epochs`` on the bench images (cached in /tmp by fingerprint); planted pairs it misses count
+as missed, so recall is end to end. Every candidate pair not planted counts as false (CIFAR-10 has a
 few real near-duplicates: the top-scoring population pairs are printed and saved side by side for inspection; false
 pairs whose plain thumbnail correlation is > 0.97 are counted as near-identical real pairs).
 
@@ -30,9 +33,8 @@ from fo_plugin.core import transforms  # noqa: E402
 from fo_plugin.core.duplicates import (  # noqa: E402
     DUPLICATE_THRESHOLD,
     aligned_pair_scores,
+    embedding_candidates,
     gray_thumbnails,
-    pair_similarity,
-    pixel_signatures,
 )
 from fo_plugin.core.knn import knn  # noqa: E402
 
@@ -47,11 +49,32 @@ def load_train(n: int, seed: int) -> np.ndarray:
         return np.stack([np.asarray(Image.open(io.BytesIO(z.read(names[i]))).convert("RGB")) for i in pick])
 
 
+def ssl_embeddings(images: np.ndarray, epochs: int, seed: int) -> torch.Tensor:
+    """(N, D) embeddings of an offline proxy trained ``epochs`` on ``images`` (as ``compute_ssl_embeddings`` trains
+    it), cached in /tmp by fingerprint of the images and settings."""
+    from fo_plugin.core.embed import embed_array
+    from fo_plugin.core.fingerprint import array_fingerprint, fingerprint
+    from fo_plugin.core.rng import sample_keys
+    from fo_plugin.core.train import TrainConfig, train_proxy
+
+    path = f"/tmp/bench_dups_ssl_{fingerprint(array_fingerprint(images), epochs, seed)}.npy"
+    if not os.path.isfile(path):
+        t = time.perf_counter()
+        model, _ = train_proxy(images, sample_keys(range(len(images))), TrainConfig(epochs=epochs, seed=seed),
+                               torch.device("cpu"))
+        emb = embed_array(model.features, images, 32, torch.device("cpu"))
+        np.save(path, emb)
+        print(f"proxy trained {epochs} epochs and {len(images)} images embedded in {time.perf_counter() - t:.0f} s")
+    return torch.as_tensor(np.load(path))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--population", type=int, default=10_000)
     ap.add_argument("--per-kind", type=int, default=50)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--candidates", choices=("luma", "ssl"), default="luma")
+    ap.add_argument("--epochs", type=int, default=5, help="proxy training epochs (--candidates ssl)")
     ap.add_argument("--png", default="/tmp/bench_dups_top_false.png")
     args = ap.parse_args()
     torch.set_num_threads(2)
@@ -66,15 +89,18 @@ def main() -> None:
     true = np.stack([p0 + np.arange(n_src), p0 + n_src + np.arange(n_src)], 1)
 
     gray = gray_thumbnails(images)
-    emb = torch.nn.functional.interpolate(gray[:, None], size=(16, 16), mode="area").flatten(1)
-    idx, _ = knn(emb - emb.mean(1, keepdim=True), 10)
-    cand = np.unique(np.sort(np.stack([np.repeat(np.arange(n), idx.shape[1]), idx.ravel()], 1), 1), axis=0)
+    if args.candidates == "ssl":
+        cand = embedding_candidates(ssl_embeddings(images, args.epochs, args.seed), 10, 0.8)[:, :2].astype(np.int64)
+    else:
+        emb = torch.nn.functional.interpolate(gray[:, None], size=(16, 16), mode="area").flatten(1)
+        idx, _ = knn(emb - emb.mean(1, keepdim=True), 10)
+        cand = np.unique(np.sort(np.stack([np.repeat(np.arange(n), idx.shape[1]), idx.ravel()], 1), 1), axis=0)
     key = cand[:, 0] * n + cand[:, 1]
     tkey = true[:, 0] * n + true[:, 1]
     print(f"images {n}, candidate pairs {len(cand)}, candidate recall of planted pairs "
           f"{np.isin(tkey, key).mean():.3f}; " + ", ".join(
               f"{k} {np.isin(tkey[kinds == k], key).mean():.2f}" for k in transforms.KINDS))
-    pairs = np.unique(np.concatenate([cand, true]), axis=0)
+    pairs = np.unique(np.concatenate([cand, true]), axis=0) if args.candidates == "luma" else cand
     pkey = pairs[:, 0] * n + pairs[:, 1]
     is_true = np.isin(pkey, tkey)
     kind_of = dict(zip(tkey.tolist(), kinds))
@@ -85,26 +111,26 @@ def main() -> None:
     dt = time.perf_counter() - t
     print(f"verifier: {len(pairs)} pairs in {dt:.1f} s = {len(pairs) / dt:.0f} pairs/s (torch threads "
           f"{torch.get_num_threads()})")
-    lay, det = pixel_signatures(images)
-    plain = pair_similarity(lay, pairs)
-    old = (plain >= 0.8) & (pair_similarity(det, pairs) >= 0.5)
+    flat = gray.flatten(1) - gray.flatten(1).mean(1, keepdim=True)
+    flat = flat / (flat.norm(dim=1, keepdim=True) + 1e-6)
+    plain = (flat[pairs[:, 0]] * flat[pairs[:, 1]]).sum(1).double().numpy()  # fixed-position correlation
 
     def row(name: str, ok: np.ndarray) -> str:
         tp, fp = (ok & is_true).sum(), (ok & ~is_true).sum()
-        per = " ".join(f"{k}={ok[pk == k].mean():.2f}" for k in transforms.KINDS)
-        return (f"| {name} | {tp / max(tp + fp, 1):.3f} | {tp / is_true.sum():.3f} | {fp * 10_000 / n:.1f} | "
+        per = " ".join(f"{k}={(ok & is_true)[pk == k].sum() / args.per_kind:.2f}" for k in transforms.KINDS)
+        return (f"| {name} | {tp / max(tp + fp, 1):.3f} | {tp / len(true):.3f} | {fp * 10_000 / n:.1f} | "
                 f"{per} |")
 
     print("\n| check | precision | recall | false pairs / 10k images | recall per kind |\n|---|---|---|---|---|")
     print(row(f"aligned score >= {DUPLICATE_THRESHOLD}", res["score"] >= DUPLICATE_THRESHOLD))
     print(row("aligned (previous) >= 0.825", res["aligned"] >= 0.825))
-    print(row("fixed layout>=0.8 & detail>=0.5", old))
+    print(row("candidates only (verify_threshold None)", np.ones(len(pairs), bool)))
     print("\n| threshold | precision | recall | min recall over kinds | false pairs |\n|---|---|---|---|---|")
     for th in np.arange(0.35, 0.86, 0.05):
         ok = res["score"] >= th
         tp, fp = (ok & is_true).sum(), (ok & ~is_true).sum()
-        mk = min(ok[pk == k].mean() for k in transforms.KINDS)
-        print(f"| {th:.3f} | {tp / max(tp + fp, 1):.3f} | {tp / is_true.sum():.3f} | {mk:.2f} | {fp} |")
+        mk = min((ok & is_true)[pk == k].sum() / args.per_kind for k in transforms.KINDS)
+        print(f"| {th:.3f} | {tp / max(tp + fp, 1):.3f} | {tp / len(true):.3f} | {mk:.2f} | {fp} |")
     near = ~is_true & (plain > 0.97)
     print(f"\nfalse pairs that are near-identical real CIFAR pairs (plain thumbnail correlation > 0.97): "
           f"{(near & (res['score'] >= DUPLICATE_THRESHOLD)).sum()} at the default threshold")

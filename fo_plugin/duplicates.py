@@ -1,5 +1,5 @@
-"""``find_near_duplicates``: near-duplicate groups from SSL embeddings, confirmed by pixel (and optionally
-influence-gradient) similarity, with one representative kept per group. Nothing is deleted: ``_keep`` flags,
+"""``find_near_duplicates``: near-duplicate groups from SSL embeddings, confirmed by an aligned pixel
+comparison (and optionally influence-gradient similarity), with one representative kept per group. Nothing is deleted: ``_keep`` flags,
 tags and saved views say what an export would drop."""
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import torch
 from fiftyone import ViewField as F
 
 from . import params, runs
-from .core.duplicates import find_duplicates, groups, pixel_signatures, representatives
+from .core.duplicates import DUPLICATE_THRESHOLD, aligned_pair_scores, embedding_candidates, groups, representatives
 from .core.hashing import array_hash, file_hash, hash_groups, pixel_hash
 from .core.splits import leaky_fractions, leaky_groups
 from .features import DecodedImages, canonical, field_vectors
@@ -94,8 +94,7 @@ def find_near_duplicates(
     embeddings_field: str = "ssl_embedding",
     k: int = 10,
     threshold: float = 0.8,
-    pixel_threshold: float | None = 0.8,
-    detail_threshold: float | None = 0.5,
+    verify_threshold: float | None = DUPLICATE_THRESHOLD,
     influence_run: str | None = None,
     influence_threshold: float = 0.9,
     mutual: bool = False,
@@ -108,18 +107,19 @@ def find_near_duplicates(
     """Group near-duplicates and flag one representative per group.
 
     Byte-identical files (and images with identical decoded pixels, when the pixel check runs) are found by
-    hashing (group kind ``"exact"``; byte-identical files whether or not they have an
-    embedding). A near-duplicate pair is reported when the two samples are among each other's ``k`` nearest SSL neighbours with cosine
-    >= ``threshold`` and every confirming signal agrees: the correlation of their 32x32 grayscale thumbnails
-    >= ``pixel_threshold`` (the layout) and of the thumbnails' fine detail >= ``detail_threshold`` (None skips a
-    check; see :mod:`fo_plugin.core.duplicates`), and, with ``influence_run``, the cosine of their influence
-    gradients >= ``influence_threshold``.
+    hashing (group kind ``"exact"``; byte-identical files whether or not they have an embedding). A near-duplicate pair is reported when the two samples are among each other's ``k`` nearest SSL neighbours with cosine
+    >= ``threshold`` (the candidates) and the aligned comparison of their 32x32 luma thumbnails (best shift, zoom,
+    flip and small rotation; layout and local detail must agree, see
+    :func:`fo_plugin.core.duplicates.aligned_pair_scores`) scores >= ``verify_threshold`` (None: the embedding
+    alone decides), and, with ``influence_run``, the cosine of their influence gradients >= ``influence_threshold``.
 
     Args:
         samples: a dataset or view.
         run_key ("dups"): names the run; fields ``<key>_group`` (None: no duplicate), ``<key>_kind`` ("exact":
             in a group of byte-identical files; "near": confirmed near-duplicates), ``<key>_keep`` (False: a
-            duplicate an export would drop), ``<key>_score`` (best SSL cosine to another sample).
+            duplicate an export would drop), ``<key>_score`` (the best score of the sample's confirmed pairs: how
+            sure the match is, 1 for identical thumbnails; the SSL cosine without ``verify_threshold``; None when
+            the sample is in no confirmed pair).
         embeddings_field ("ssl_embedding"): the embeddings to search.
         keep ("first"): which member represents a group: ``"clcore"`` (highest CL-Core score of ``clcore_run``),
             ``"influence"`` (lowest self-influence of ``influence_run``), ``"largest_file"`` or ``"first"`` (first
@@ -132,7 +132,8 @@ def find_near_duplicates(
             another split (``leaky_fraction``).
 
     Returns:
-        a summary dict; the pairs (ids, cosines) are in the run results.
+        a summary dict; the pairs and their evidence (``cosine``, ``score``, ``aligned``, ``layout``, ``detail``,
+        ``patch``, ``influence``) are in the run results.
     """
     progress = progress or (lambda f, s: None)
     dataset = samples._dataset
@@ -140,8 +141,7 @@ def find_near_duplicates(
     params.choice("keep", keep, POLICIES)
     k = params.integer("k", k, 1)
     threshold = params.number("threshold", threshold, 0, 1, open_min=True)
-    pixel_threshold = params.number("pixel_threshold", pixel_threshold, -1, 1, none_ok=True)
-    detail_threshold = params.number("detail_threshold", detail_threshold, -1, 1, none_ok=True)
+    verify_threshold = params.number("verify_threshold", verify_threshold, 0, 1, none_ok=True)
     influence_threshold = params.number("influence_threshold", influence_threshold, -1, 1)
     if influence_run:
         runs.require(dataset, influence_run, "ssl_influence", "compute_ssl_influence")
@@ -156,7 +156,7 @@ def find_near_duplicates(
     if source is not None:
         names["leaky"], types["leaky"] = f"{run_key}_leaky", fo.BooleanField
     config = {"embeddings_field": embeddings_field, "k": k, "threshold": threshold,
-              "pixel_threshold": pixel_threshold, "detail_threshold": detail_threshold, "influence_run": influence_run,
+              "verify_threshold": verify_threshold, "influence_run": influence_run,
               "influence_threshold": influence_threshold, "mutual": mutual, "keep": keep, "clcore_run": clcore_run,
               "split": source}
     run = runs.Run(samples, run_key, "near_duplicates", {k_: (v, types[k_], {}) for k_, v in names.items()},
@@ -170,19 +170,30 @@ def find_near_duplicates(
         z, ok, rejected = field_vectors(samples, embeddings_field, ids)
         valid = np.flatnonzero(ok)
         vids, vpaths = [ids[i] for i in valid], [paths[i] for i in valid]
-        checks = []
-        if pixel_threshold is not None or detail_threshold is not None:
-            with DecodedImages(vpaths, vids, 32, run.artifacts) as thumbs:  # a memmap: bounded memory
-                structure, detail = pixel_signatures(thumbs.images)
+        cand = embedding_candidates(z[0, torch.as_tensor(valid)], k, threshold, mutual) if len(valid) > 1 \
+            else np.zeros((0, 3))
+        progress(0.3, f"{len(cand)} candidate pairs")
+        evidence = {"cosine": cand[:, 2]}
+        if verify_threshold is not None:
+            with DecodedImages(vpaths, vids, 32, run.artifacts) as thumbs:  # a uint8 memmap, read chunk by chunk
                 for r, key in _identical_pixels(thumbs, vpaths).items():
                     pixel_keys[int(valid[r])] = key
-            checks += [(s, t) for s, t in ((structure, pixel_threshold), (detail, detail_threshold)) if t is not None]
+                if len(cand):
+                    evidence.update(aligned_pair_scores(thumbs.images, cand[:, :2].astype(np.int64)))
+        score = evidence["score"] if "score" in evidence else evidence["cosine"]
+        confirmed = score >= (verify_threshold if verify_threshold is not None else -np.inf)
         if influence_run:
-            checks.append((_influence_signature(dataset, influence_run, vids), influence_threshold))
-        progress(0.3, "signatures")
-        found = find_duplicates(z[0, torch.as_tensor(valid)], checks, k, threshold, mutual) if len(valid) > 1 \
-            else {"pairs": np.zeros((0, 3 + len(checks))), "score": np.zeros(len(valid))}
-        pairs = found["pairs"]
+            sig = _influence_signature(dataset, influence_run, vids)
+            i, j = (torch.as_tensor(cand[:, c]).long() for c in (0, 1))
+            evidence["influence"] = (sig[i] * sig[j]).sum(1).double().numpy()
+            confirmed &= evidence["influence"] >= influence_threshold
+        pairs = cand[confirmed]
+        evidence = {name: v[confirmed] for name, v in evidence.items()}
+        score = score[confirmed]
+        best = np.full(len(valid), -np.inf)  # each sample's best confirmed pair score
+        for c in (0, 1):
+            np.maximum.at(best, pairs[:, c].astype(np.int64), score)
+        progress(0.6, f"{len(pairs)} confirmed pairs")
         near = np.column_stack([valid[pairs[:, 0].astype(np.int64)], valid[pairs[:, 1].astype(np.int64)]]) \
             if len(pairs) else np.zeros((0, 2), np.int64)
         exact = groups(len(ids), np.array(_chain(same_bytes) + _chain(hash_groups(pixel_keys)), np.float64
@@ -194,12 +205,11 @@ def find_near_duplicates(
         progress(0.7, f"{int((group >= 0).sum())} samples in {len(np.unique(group[group >= 0]))} groups")
         scored = [ids[i] for i in np.union1d(valid, np.flatnonzero(exact >= 0))]
         where = {i: n for n, i in enumerate(ids)}
-        best = dict(zip(vids, np.asarray(found["score"], float).tolist()))
 
         run.write("group", scored, [int(group[where[i]]) if group[where[i]] >= 0 else None for i in scored])
         run.write("kind", scored, [kind[where[i]] for i in scored])
         run.write("keep", scored, [bool(keep_mask[where[i]]) for i in scored])
-        run.write("score", vids, [best[i] for i in vids])
+        run.write("score", vids, [float(b) if np.isfinite(b) else None for b in best])
         unscored = [i for i in rejected if exact[where[i]] < 0]
         run.write("error", unscored, [rejected[i] for i in unscored])
         g_, k_ = names["group"], names["keep"]
@@ -219,9 +229,10 @@ def find_near_duplicates(
                           f"duplicate groups of run {run_key!r} whose members lie in different splits ({source})")
             leak.update(leaky_fraction=leaky_fractions(leaky, labels), num_leaky_samples=int(leaky.sum()),
                         num_leaky_groups=int(len(np.unique(group[leaky]))))
-        pair_list = [{"a": vids[int(r[0])], "b": vids[int(r[1])], "kind": "near", "cosine": float(r[2]),
-                      "checks": [float(v) for v in r[3:]]} for r in pairs]
-        pair_list += [{"a": ids[a], "b": ids[b], "kind": "exact", "cosine": 1.0, "checks": []} for a, b in chain]
+        pair_list = [{"a": vids[int(r[0])], "b": vids[int(r[1])], "kind": "near",
+                      **{name: float(v[n]) for name, v in evidence.items()}, "score": float(score[n])}
+                     for n, r in enumerate(pairs)]
+        pair_list += [{"a": ids[a], "b": ids[b], "kind": "exact", "cosine": 1.0, "score": 1.0} for a, b in chain]
         summary = run.commit(num_samples=len(ids), num_scored=len(scored), num_skipped=len(ids) - len(scored),
                              num_exact_groups=int(len(np.unique(exact[exact >= 0]))),
                              num_exact_samples=int((exact >= 0).sum()),

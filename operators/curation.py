@@ -36,6 +36,7 @@ class FindNearDuplicates(CurationOperator):
 
     def resolve_input(self, ctx):
         from fo_plugin import runs
+        from fo_plugin.core.duplicates import DUPLICATE_THRESHOLD
         from fo_plugin.duplicates import POLICIES, duplicate_fields
 
         inputs = types.Object()
@@ -45,9 +46,9 @@ class FindNearDuplicates(CurationOperator):
         bounded_float(ctx, inputs, "threshold", 0.8, "SSL cosine threshold", 0.0, 1.0, open_min=True)
         inputs.bool("pixel_check", default=True, label="Confirm with pixel similarity")
         if ctx.params.get("pixel_check", True):
-            bounded_float(ctx, inputs, "pixel_threshold", 0.8, "Thumbnail (layout) correlation threshold", -1.0, 1.0)
-            bounded_float(ctx, inputs, "detail_threshold", 0.5, "Fine-detail correlation threshold", -1.0, 1.0,
-                          "Separates true copies from photos that only share a composition")
+            bounded_float(ctx, inputs, "verify_threshold", DUPLICATE_THRESHOLD, "Pixel confirmation threshold", 0.0,
+                          1.0, "Aligned thumbnail score (shifts, crops, flips, recolouring tolerated); higher: "
+                          "fewer, surer pairs")
         infl = runs.list_runs(ctx.dataset, "ssl_influence")
         if infl:
             dropdown(inputs, "influence_run", infl, "Also confirm with influence gradients (optional)")
@@ -64,13 +65,13 @@ class FindNearDuplicates(CurationOperator):
     def execute(self, ctx):
         self.check_params(ctx)
         from fo_plugin import find_near_duplicates
+        from fo_plugin.core.duplicates import DUPLICATE_THRESHOLD
 
         p = ctx.params
         out = find_near_duplicates(
             ctx.target_view(), p.get("run_key") or "dups", embeddings_field=p.get("embeddings_field", "ssl_embedding"),
             threshold=p.get("threshold", 0.8),
-            pixel_threshold=p.get("pixel_threshold", 0.8) if p.get("pixel_check", True) else None,
-            detail_threshold=p.get("detail_threshold", 0.5) if p.get("pixel_check", True) else None,
+            verify_threshold=p.get("verify_threshold", DUPLICATE_THRESHOLD) if p.get("pixel_check", True) else None,
             influence_run=p.get("influence_run") or None, keep=p.get("keep", "first"),
             split=None if p.get("split", "auto") == "auto" else p["split"], progress=self.progress(ctx))
         reload_app(ctx)

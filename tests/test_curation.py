@@ -25,15 +25,17 @@ def test_near_duplicates_recall_precision_and_one_representative_per_group(curat
     assert res.error is None, res.error
     planted = ds.match(F("planted") == "duplicate")
     truth = {tuple(sorted(p)) for p in zip(*planted.values(["id", "dup_source"]))}
+    grouped = ds.match(F("planted") == "grouped").values("id")  # one MNIST digit rolled by +-1 px: real copies
+    also = {tuple(sorted((a, b))) for a in grouped for b in grouped if a != b}
     found = _pairs_found(ds, "dups")
     recall = len(found & truth) / len(truth)
-    precision = len(found & truth) / max(1, len(found))
+    precision = len((found & truth) | (found & also)) / max(1, len(found))
     by_kind = {}
     for sid, src, kind in zip(*planted.values(["id", "dup_source", "dup_kind"])):
         by_kind.setdefault(kind, []).append(tuple(sorted((sid, src))) in found)
     print(f"near-duplicates: recall {recall:.2f}, precision {precision:.2f}, "
           + ", ".join(f"{k} {np.mean(v):.2f}" for k, v in by_kind.items()))
-    assert recall >= 0.75 and precision >= 0.5
+    assert recall >= 0.9 and precision >= 0.9
     assert np.mean(by_kind["exact"]) == 1.0
     exact = planted.match(F("dup_kind") == "exact")
     sources = ds.select(exact.values("dup_source"))
@@ -168,3 +170,44 @@ def test_influence_gradients_can_confirm_duplicates(curation_dataset):
     fo_plugin.delete_run(ds, "dups_inf")
     fo_plugin.delete_run(ds, "infl_c")
     assert not any(t.startswith("dups_inf:") for t in ds.count_sample_tags())  # its tags went with it
+
+
+def test_near_duplicates_default_finds_reframed_recoloured_copies(cifar_files, tmp_images, proxy_ckpt):
+    """The default confirmation (aligned pixel score >= verify_threshold) through the operator, on 300 real CIFAR-10
+    images plus 2 planted copies of each kind of :mod:`fo_plugin.core.transforms` (shift, crop, rescale, flip,
+    rotate, colour, grayscale, JPEG, combos): recall over the planted pairs and precision of the reported pairs."""
+    from PIL import Image
+
+    from fo_plugin.core.transforms import KINDS, apply
+
+    paths = [p for p, _, _ in cifar_files if int(os.path.basename(p)[:4]) < 30]
+    rng = np.random.default_rng(1)
+    folder = os.path.join(tmp_images, "planted-kinds")
+    os.makedirs(folder, exist_ok=True)
+    ds = fo.Dataset()
+    try:
+        ds.add_samples([fo.Sample(filepath=p) for p in paths], progress=False)
+        ids = ds.values("id")
+        rows = []
+        for n, src in enumerate(rng.choice(len(paths), 2 * len(KINDS), replace=False)):
+            out = os.path.join(folder, f"{KINDS[n // 2]}_{n}.png")
+            Image.fromarray(apply(np.asarray(Image.open(paths[src]).convert("RGB")), KINDS[n // 2], rng)).save(out)
+            rows.append(fo.Sample(filepath=out, dup_kind=KINDS[n // 2], dup_source=ids[src]))
+        ds.add_samples(rows, progress=False)
+        fo_plugin.compute_ssl_embeddings(ds, checkpoint=proxy_ckpt)
+        res = run_op("find_near_duplicates", ds, {"view_target": "DATASET"})
+        assert res.error is None, res.error
+        planted = ds.exists("dup_source")
+        truth = {tuple(sorted(p)) for p in zip(*planted.values(["id", "dup_source"]))}
+        pairs = fo_plugin.load_run_results(ds, "dups")["pairs"]
+        found = {tuple(sorted((p["a"], p["b"]))) for p in pairs}
+        recall, precision = len(found & truth) / len(truth), len(found & truth) / max(1, len(found))
+        print(f"default near-duplicates: recall {recall:.2f}, precision {precision:.2f}, {len(found)} pairs")
+        # measured: recall 0.83 (15 of 18; the misses are not among the 6-epoch test proxy's candidates), precision 1.0
+        assert recall >= 0.75 and precision >= 0.9
+        assert all(p["score"] >= 0.55 and {"cosine", "aligned", "layout", "detail", "patch"} <= set(p) for p in pairs)
+        by_id = dict(zip(ds.values("id"), ds.values("dups_score")))
+        assert all(by_id[a] >= p["score"] for p in pairs for a in (p["a"], p["b"]))  # best confirmed pair score
+        assert sum(v is not None for v in by_id.values()) == len({i for p in pairs for i in (p["a"], p["b"])})
+    finally:
+        ds.delete()

@@ -152,14 +152,14 @@ def test_a_users_field_is_never_deleted_without_overwrite(vecs):
 
 def test_delete_run_removes_exactly_what_the_run_made(vecs):
     vecs.save_view("my view", vecs.limit(3))
-    fo_plugin.find_near_duplicates(vecs, "dups", threshold=0.8, pixel_threshold=None, detail_threshold=None)
+    fo_plugin.find_near_duplicates(vecs, "dups", threshold=0.8, verify_threshold=None)
     cfg = fo_plugin.get_run_config(vecs, "dups")
     assert cfg["tags"] == ["near_duplicate", "duplicate_representative"] and cfg["saved_views"]
     outside = vecs.match(F("dups_group") == None).limit(5)  # noqa: E711
     outside.tag_samples("near_duplicate")  # the user's own use of a tag with the run's name
     mine = set(outside.values("id"))
     tags_before = vecs.count_sample_tags()
-    fo_plugin.find_near_duplicates(vecs, "dups", threshold=0.85, pixel_threshold=None, detail_threshold=None)
+    fo_plugin.find_near_duplicates(vecs, "dups", threshold=0.85, verify_threshold=None)
     assert mine <= set(vecs.match_tags("near_duplicate").values("id"))  # a re-run keeps the user's tags
     fo_plugin.delete_run(vecs, "dups")
     schema = vecs.get_field_schema()
@@ -224,7 +224,7 @@ def test_nan_inf_zero_and_wrong_dimension_vectors_are_rejected_per_sample(vecs):
     assert all(scores[i] is None for i in bad) and all(np.isfinite(scores[i]) for i in ids[4:])
     errors = dict(zip(ids, vecs.values("o_error")))
     assert "NaN" in errors[ids[0]] and "NaN" in errors[ids[1]] and "dimension 10" in errors[ids[3]]
-    dups = fo_plugin.find_near_duplicates(vecs, "d", pixel_threshold=None, detail_threshold=None)
+    dups = fo_plugin.find_near_duplicates(vecs, "d", verify_threshold=None)
     assert dups["num_skipped"] == 4 and not set(vecs.exists("d_group").values("id")) & bad
     cl = fo_plugin.compute_clcore(vecs, "c", embeddings_field="ssl_embedding", num_classes=5)
     assert cl["num_skipped"] == 4 and cl["num_classes"] == 5
@@ -332,7 +332,7 @@ def test_selections_and_exports_never_embed_id_lists_that_grow_with_n(vecs, tmp_
     sizes = []
     for view in (vecs.limit(100), vecs):
         fo_plugin.find_outliers(view, "o", fraction=0.5)
-        fo_plugin.find_near_duplicates(view, "d", pixel_threshold=None, detail_threshold=None)
+        fo_plugin.find_near_duplicates(view, "d", verify_threshold=None)
         kept, _ = curation_plan(view, outliers_run="o", duplicates_run="d")
         saved = [vecs._doc.saved_views[i] for i in range(len(vecs._doc.saved_views))]
         added = kept._serialize()[len(view.view()._serialize()):]  # the stages the plan adds to the target view

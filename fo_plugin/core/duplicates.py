@@ -1,11 +1,11 @@
-"""Near-duplicate groups: SSL-embedding candidates (k nearest neighbours), confirmed by cheap pixel similarities,
+"""Near-duplicate groups: SSL-embedding candidates (k nearest neighbours), confirmed by an aligned pixel comparison,
 grouped by union-find, one representative kept per group.
 
-A briefly trained proxy is a weak near-duplicate detector on its own, and raw pixels miss crops and colour shifts;
-requiring both to agree keeps the precision of pixels and the recall of the embedding's top-k candidates. The pixel
-check has two parts: the *structure* (a mean-removed grayscale thumbnail) says the layout matches, the *detail*
-(the thumbnail minus its 5x5 blur) says the fine texture matches too; photos that merely share a composition (a
-plane against the sky, a ship on the sea) agree on structure but not on detail.
+A briefly trained proxy is a weak near-duplicate detector on its own, and raw pixels at fixed positions miss crops,
+flips and zooms; requiring both to agree keeps the recall of the embedding's top-k candidates and the precision of
+pixels. The pixel check (:func:`aligned_pair_scores`) searches the best alignment (shift, zoom, flip, small rotation)
+of the two luma thumbnails and requires both the layout and the local 5 x 5 detail to agree there: photos that merely
+share a composition (a plane against the sky, a ship on the sea) agree on layout but not on detail.
 """
 
 from __future__ import annotations
@@ -15,22 +15,6 @@ import torch
 import torch.nn.functional as F
 
 from .knn import knn
-
-
-def _unit(x: torch.Tensor) -> torch.Tensor:
-    x = x.flatten(1)
-    return F.normalize(x - x.mean(1, keepdim=True), dim=1)
-
-
-def pixel_signatures(images: np.ndarray, size: int = 32) -> tuple[torch.Tensor, torch.Tensor]:
-    """(structure, detail) signatures, each (N, size * size) and unit-norm, so a dot product is a correlation,
-    insensitive to brightness and contrast shifts: the mean-removed grayscale thumbnail, and the thumbnail minus
-    its 5x5 box blur (fine texture)."""
-    x = torch.as_tensor(images).permute(0, 3, 1, 2).float() / 255
-    g = (x * torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)).sum(1, keepdim=True)
-    g = F.interpolate(g, size=(size, size), mode="area")
-    blur = F.avg_pool2d(F.pad(g, (2, 2, 2, 2), mode="replicate"), 5, 1)
-    return _unit(g), _unit(g - blur)
 
 
 def candidate_pairs(idx: np.ndarray, sim: np.ndarray, threshold: float, mutual: bool = False) -> np.ndarray:
@@ -50,14 +34,6 @@ def candidate_pairs(idx: np.ndarray, sim: np.ndarray, threshold: float, mutual: 
     for i, j, s in zip(a, b, sims):
         pairs[(int(i), int(j))] = max(float(s), pairs.get((int(i), int(j)), -1.0))
     return np.array([(i, j, s) for (i, j), s in sorted(pairs.items())], dtype=np.float64).reshape(-1, 3)
-
-
-def pair_similarity(sig: torch.Tensor, pairs: np.ndarray) -> np.ndarray:
-    """Cosine of the given pairs' signatures (e.g. pixel correlation), (M,)."""
-    if len(pairs) == 0:
-        return np.zeros(0)
-    i, j = torch.as_tensor(pairs[:, 0]).long(), torch.as_tensor(pairs[:, 1]).long()
-    return (sig[i] * sig[j]).sum(1).double().numpy()
 
 
 def groups(n: int, pairs: np.ndarray) -> np.ndarray:
@@ -93,29 +69,13 @@ def representatives(group: np.ndarray, priority: np.ndarray) -> np.ndarray:
     return keep
 
 
-def find_duplicates(emb: torch.Tensor, checks: list[tuple[torch.Tensor, float]] = (), k: int = 10,
-                    threshold: float = 0.8, mutual: bool = False) -> dict[str, np.ndarray]:
-    """Candidates from the (centred) embedding's kNN graph, kept when every check agrees.
-
-    Args:
-        emb: (N, D) embeddings.
-        checks: ``(signature (N, d) unit-norm, threshold)`` pairs; a candidate pair is confirmed when the dot
-            product of its signatures reaches the threshold for every check (e.g. :func:`pixel_signatures`).
-        k (10), threshold (0.8): candidates are among each other's k nearest neighbours with cosine >= threshold.
-
-    Returns:
-        ``pairs`` (M, 3 + len(checks)): i, j, embedding cosine, then each check's similarity, confirmed only;
-        ``group`` (N,): group ids (-1: no duplicate); ``score`` (N,): each item's best embedding cosine to another.
-    """
+def embedding_candidates(emb: torch.Tensor, k: int = 10, threshold: float = 0.8, mutual: bool = False) -> np.ndarray:
+    """Candidate pairs (i, j, cosine) float64 (M, 3) from the (centred) embedding's kNN graph: among each other's
+    ``k`` nearest neighbours with cosine >= ``threshold`` (:func:`candidate_pairs`); confirm them with
+    :func:`aligned_pair_scores`."""
     emb = emb.float() - emb.float().mean(0, keepdim=True)  # centred: post-ReLU features all point one way
     idx, sim = knn(emb, k)
-    pairs = candidate_pairs(idx, sim, threshold, mutual)
-    for sig, t in checks:
-        s = pair_similarity(sig, pairs)
-        pairs = np.column_stack([pairs, s])[s >= t]
-    return {"pairs": pairs, "group": groups(len(emb), pairs),
-            "score": sim[:, 0] if sim.shape[1] else np.zeros(len(emb))}
-
+    return candidate_pairs(idx, sim, threshold, mutual)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -278,6 +238,18 @@ def _fine(sig: torch.Tensor, src: torch.Tensor, dst: torch.Tensor, best: torch.T
     return at[:, 0], at[:, 1], pn
 
 
+def _luma_rows(images: torch.Tensor | np.ndarray, rows: np.ndarray) -> torch.Tensor:
+    """Float luma (R, 32, 32) of ``rows`` of either luma thumbnails (N, S, S) or uint8 RGB images (N, H, W, 3) (e.g.
+    a memmap): only these rows are read and converted."""
+    x = images[torch.as_tensor(rows)] if isinstance(images, torch.Tensor) else np.asarray(images[rows])
+    if x.ndim == 4:
+        return gray_thumbnails(x)
+    g = torch.as_tensor(x).float()
+    if g.shape[-1] != VERIFY_SIZE:
+        g = F.interpolate(g[:, None], size=(VERIFY_SIZE, VERIFY_SIZE), mode="area")[:, 0]
+    return g
+
+
 def aligned_pair_scores(gray: torch.Tensor | np.ndarray, pairs: np.ndarray, chunk: int = 1024
                         ) -> dict[str, np.ndarray]:
     """Near-duplicate confirmation of candidate pairs, tolerant to re-framing, zoom, mirroring, small rotations,
@@ -291,7 +263,8 @@ def aligned_pair_scores(gray: torch.Tensor | np.ndarray, pairs: np.ndarray, chun
     wins. Photos that merely share a composition agree on layout but not on detail.
 
     Args:
-        gray: (N, 32, 32) luma thumbnails (:func:`gray_thumbnails`).
+        gray: (N, 32, 32) luma thumbnails (:func:`gray_thumbnails`), or uint8 RGB images (N, H, W, 3), e.g. a
+            memmap: only the rows a chunk of pairs needs are read and converted (bounded memory).
         pairs: (M, >=2) candidate pairs; columns 0 and 1 are the indices.
         chunk (1024): directed pairs per batch.
 
@@ -301,16 +274,11 @@ def aligned_pair_scores(gray: torch.Tensor | np.ndarray, pairs: np.ndarray, chun
         best alignment of the better direction, ``layout``, ``detail``, and ``patch`` the mean correlation of the
         5 x 5 patches of both maps there (local agreement: different photos of one composition fail it).
     """
-    g = torch.as_tensor(gray).float()
-    if g.shape[-1] != VERIFY_SIZE:
-        g = F.interpolate(g[:, None], size=(VERIFY_SIZE, VERIFY_SIZE), mode="area")[:, 0]
     m = len(pairs)
     if m == 0:
         z = np.zeros(0)
-        return {"score": z, "layout": z, "detail": z}
+        return {"score": z, "aligned": z, "layout": z, "detail": z, "patch": z}
     grid = _Grid(VERIFY_SIZE)
-    lay_small = _filter(F.avg_pool2d(g[:, None], 2)[:, 0], grid.blur_small)  # (N, 16, 16)
-    sig = grid.signals(g)  # (N, 2, S, S)
     src = np.concatenate([pairs[:, 0], pairs[:, 1]]).astype(np.int64)
     dst = np.concatenate([pairs[:, 1], pairs[:, 0]]).astype(np.int64)
     order = np.argsort(dst, kind="stable")  # chunks share search images
@@ -320,7 +288,12 @@ def aligned_pair_scores(gray: torch.Tensor | np.ndarray, pairs: np.ndarray, chun
     with torch.no_grad():
         for c0 in range(0, 2 * m, chunk):
             sel = torch.as_tensor(order[c0:c0 + chunk])
-            s_, d_ = torch.as_tensor(src)[sel], torch.as_tensor(dst)[sel]
+            rows, local = np.unique(np.concatenate([src[sel.numpy()], dst[sel.numpy()]]), return_inverse=True)
+            g = _luma_rows(gray, rows)  # (R, S, S): only this chunk's images
+            lay_small = _filter(F.avg_pool2d(g[:, None], 2)[:, 0], grid.blur_small)  # (R, 16, 16)
+            sig = grid.signals(g)  # (R, 2, S, S)
+            local = torch.as_tensor(local.reshape(2, -1))
+            s_, d_ = local[0], local[1]  # monotone re-indexing: d_ stays sorted
             best = _coarse(lay_small, s_, d_, grid)
             lay[sel], det[sel], pat[sel] = _fine(sig, s_, d_, best, grid)
     both = (lay + det) / 2
