@@ -75,10 +75,10 @@ class CurationPanel(foo.Panel):
         if plan and "error" not in plan:
             reasons = "\n".join(f"- {k}: **{v}**" for k, v in plan["removed_by_reason"].items())
             panel.md(f"**Export plan**: keeps **{plan['num_kept']}** of {plan['num_source']}, removes "
-                     f"**{plan['num_removed']}**\n\n{reasons}", name="plan")
+                     f"**{plan['num_removed']}**\n\n{reasons}", name="plan_text")
             panel.btn("export", label="Export curated...", on_click=self.open_export)
         elif plan:
-            panel.md(f"**Export plan**: {plan['error']}", name="plan")
+            panel.md(f"**Export plan**: {plan['error']}", name="plan_text")
         panel.btn("group", label="Show the selected sample's duplicate group", on_click=self.show_group)
         return types.Property(panel, view=types.GridView(orientation="vertical"))
 
