@@ -9,7 +9,7 @@ Influence:
     :func:`find_influential_training_samples` -- "what shaped this image": proponents and opponents.
 Curation:
     :func:`find_near_duplicates`, :func:`find_outliers`, :func:`find_quality_issues`, :func:`audit_subgroups`,
-    :func:`export_curated`.
+    :func:`export_curated`, :func:`export_plan` (its dry run: what would be kept and why).
 Runs:
     :func:`list_runs`, :func:`get_run_config`, :func:`load_run_results`, :func:`delete_run`.
 Data:
@@ -82,6 +82,13 @@ def audit_subgroups(samples, group_field, run_key="audit", **kwargs):
 def export_curated(samples, **kwargs):
     """See :func:`fo_plugin.export.export_curated`."""
     from .export import export_curated as f
+
+    return f(samples, **kwargs)
+
+
+def export_plan(samples, **kwargs):
+    """See :func:`fo_plugin.export.export_plan`."""
+    from .export import export_plan as f
 
     return f(samples, **kwargs)
 

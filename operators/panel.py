@@ -62,9 +62,11 @@ class CurationPanel(foo.Panel):
             panel.md("No SSL-curation runs on this dataset yet.", name="empty")
         for i, r in enumerate(overview):
             counts = "\n".join(f"- {k}: **{v}**" for k, v in r["counts"].items())
-            settings = ", ".join(f"{k}={v}" for k, v in r["settings"].items() if v is not None)
-            panel.md(f"### {r['key']} ({r['method']}, {r['status']})\n{r['when']}\n\n{counts}\n\n"
-                     f"<small>{settings}</small>", name=f"run_{i}")
+            # scalar settings only: nested ones (backbone, augmentation) are long dicts that swamp the panel
+            settings = ", ".join(f"{k}={v}" for k, v in r["settings"].items()
+                                 if isinstance(v, (str, int, float, bool)) and len(str(v)) < 40)
+            panel.md(f"**{r['key']}** · {r['method']} · {r['status']} · {r['when'][:19]}\n\n{counts}\n\n"
+                     + (f"*{settings}*" if settings else ""), name=f"run_{i}")
             if r["status"] == "complete" and r["method"] in ("near_duplicates", "outliers"):
                 panel.plot(f"hist_{r['key']}", layout={"title": f"{r['key']}_score", "height": 220})
             for j, v in enumerate(r["saved_views"]):
@@ -72,11 +74,11 @@ class CurationPanel(foo.Panel):
         plan = ctx.panel.get_state("plan")
         if plan and "error" not in plan:
             reasons = "\n".join(f"- {k}: **{v}**" for k, v in plan["removed_by_reason"].items())
-            panel.md(f"### Export plan\nkeeps **{plan['num_kept']}** of {plan['num_source']}, removes "
-                     f"**{plan['num_removed']}**\n\n{reasons}", name="plan")
+            panel.md(f"**Export plan**: keeps **{plan['num_kept']}** of {plan['num_source']}, removes "
+                     f"**{plan['num_removed']}**\n\n{reasons}", name="plan_text")
             panel.btn("export", label="Export curated...", on_click=self.open_export)
         elif plan:
-            panel.md(f"### Export plan\n{plan['error']}", name="plan")
+            panel.md(f"**Export plan**: {plan['error']}", name="plan_text")
         panel.btn("group", label="Show the selected sample's duplicate group", on_click=self.show_group)
         return types.Property(panel, view=types.GridView(orientation="vertical"))
 

@@ -1,5 +1,5 @@
 """The App in headless Chromium: it serves our dataset, lists our operators in the operator browser, and renders
-an operator's form. Screenshots are kept in artifacts/ (the README shows one).
+an operator's form, and the curation panel shows a run's counts and opens its saved view. Screenshots are kept in artifacts/ (the README shows one).
 
 Needs Debian's chromium and tests/app/node_modules (``make app-deps``, run by ``make test``)."""
 
@@ -58,7 +58,7 @@ def app_server(curation_dataset):
     ds.persistent = False
 
 
-def test_app_lists_our_operators_and_renders_a_form(app_server):
+def test_app_lists_our_operators_renders_a_form_and_the_curation_panel(app_server):
     ds, url = app_server
     os.makedirs(ARTIFACTS, exist_ok=True)
     with tempfile.TemporaryDirectory() as profile:
@@ -74,5 +74,17 @@ def test_app_lists_our_operators_and_renders_a_form(app_server):
         assert label in pages["listed"], f"{label!r} not in the operator browser"
     assert "Fraction to flag" in pages["form"] and "Embeddings field" in pages["form"]
     assert "Combine image statistics" in pages["form"]
-    for shot in ("app_grid.png", "app_operator_browser.png", "app_operator_form.png"):
+    # the curation panel shows the run's own counts, and its "Open view" button loads that saved view in the grid
+    from fo_plugin import workbench
+
+    counts = workbench.run_counts(ds, "outliers")
+    assert counts["outliers flagged"] > 0
+    for label, n in counts.items():
+        assert f"{label}: {n}" in pages["panel"], f"{label}: {n} not shown in the panel"
+    assert "Export plan: keeps" in pages["panel"] and "Traceback" not in pages["panel"]
+    name = pages["view"].removeprefix("Open view: ")
+    assert pages["countBefore"].startswith(f"{len(ds):,} samples")
+    assert pages["countAfter"].startswith(f"{len(ds.load_saved_view(name)):,}"), (pages["countAfter"], name)
+    for shot in ("app_grid.png", "app_operator_browser.png", "app_operator_form.png", "app_panel.png",
+                 "app_panel_view.png"):
         assert os.path.getsize(os.path.join(ARTIFACTS, shot)) > 10_000

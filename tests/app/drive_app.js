@@ -1,5 +1,6 @@
 // Opens the FiftyOne App in Debian's headless Chromium, opens the operator browser, lists our operators, opens
-// one operator's form, and saves screenshots. Prints {listed, form} (the page text at each step) as JSON.
+// one operator's form, opens the "SSL curation" panel from the "+" new-panel menu, clicks its first "Open view"
+// button, and saves screenshots. Prints {listed, form, panel, view, countBefore, countAfter} as JSON.
 // usage: node drive_app.js <dataset url> <output dir> <operator label> <user data dir>
 const { chromium } = require('playwright-core');
 
@@ -26,9 +27,33 @@ const { chromium } = require('playwright-core');
   const listed = await page.evaluate(() => document.body.innerText);
   await page.screenshot({ path: `${out}/app_operator_browser.png` });
   await page.getByText(label, { exact: true }).first().click();
-  await page.waitForTimeout(4000);
+  // the form is resolved by the server (slow on a loaded machine): wait for its fields, not a fixed time
+  await page.getByText('Embeddings field').first().waitFor({ timeout: 45000 }).catch(() => {});
+  await page.waitForTimeout(1500);
   const form = await page.evaluate(() => document.body.innerText);
   await page.screenshot({ path: `${out}/app_operator_form.png` });
-  console.log(JSON.stringify({ listed, form }));
+  await page.keyboard.press('Escape');
+  await page.waitForTimeout(1000);
+  const count = async () => (await page.locator('[data-cy=entry-counts]').first().innerText()).replace(/\s+/g, ' ');
+  const countBefore = await count();
+  // the plugin's panels reach the menu once the plugin list has loaded: reopen the menu until ours is there
+  for (let i = 0; i < 10 && !(await page.locator('[data-cy=new-panel-option-ssl_curation_panel]').count()); i++) {
+    if (i) await page.click('[data-cy=new-panel-btn]');  // close
+    await page.waitForTimeout(i ? 2000 : 0);
+    await page.click('[data-cy=new-panel-btn]');
+    await page.waitForTimeout(1000);
+  }
+  await page.click('[data-cy=new-panel-option-ssl_curation_panel]');
+  await page.getByText('Refresh', { exact: true }).first().waitFor({ timeout: 60000 });
+  await page.waitForTimeout(4000);  // plots
+  const panel = await page.evaluate(() => document.body.innerText);
+  await page.screenshot({ path: `${out}/app_panel.png` });
+  const open = page.getByText(/^Open view: /).first();
+  const view = await open.innerText();
+  await open.click();
+  await page.waitForTimeout(5000);
+  const countAfter = await count();
+  await page.screenshot({ path: `${out}/app_panel_view.png` });
+  console.log(JSON.stringify({ listed, form, panel, view, countBefore, countAfter }));
   await context.close();
 })().catch((e) => { console.error(e); process.exit(1); });
