@@ -2,7 +2,10 @@
 
 The default backbone is a SimCLR proxy trained on the target images themselves (offline). Its checkpoint is saved
 with the run and reused by later runs and by CL-Core and influence, so a model is never retrained when a run
-already holds it.
+already holds it. By default the run also registers two FiftyOne Brain runs over its field, so the App's own tools use
+our embeddings: a cosine similarity index (``<run key>_sim``, sklearn backend: "sort by similarity" on a selected
+image) and a 2-D map (``<run key>_map``: the Embeddings panel); they belong to the run (replaced by a re-run,
+deleted with it).
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from dataclasses import asdict
 
 import fiftyone as fo
 import numpy as np
+import torch
 
 from . import params, runs
 from .core import rng
@@ -22,16 +26,18 @@ from .core.augment import AugmentConfig
 from .core.backbones import BackboneSpec, load_backbone
 from .core.device import resolve_device, resolve_precision
 from .core.embed import embed_array
+from .core.embedding_map import embedding_map, resolve_method
 from .core.hashing import file_hash
 from .core.images import iter_decoded
 from .core.models import ProxyConfig, save_proxy
 from .core.train import TrainConfig, train_proxy
 from .core.vectors import valid_rows
-from .features import DecodedImages, canonical
+from .features import DecodedImages, canonical, field_vectors
 
 METHOD = runs.METHOD_PREFIX + "ssl_embeddings"
 BACKBONES = ("proxy", "open_clip", "torchvision", "torchscript")
 TRAIN_STATE = "train_state.pt"  # per-epoch training state in the run's artifact folder (resumable training)
+SIMILARITY_SUFFIX, MAP_SUFFIX = "_sim", "_map"  # Brain keys of a run's similarity index and embeddings map
 Progress = Callable[[float, str], None]
 
 
@@ -59,6 +65,9 @@ def compute_ssl_embeddings(
     retrain: bool = False,
     resume: bool = True,
     overwrite: bool = False,
+    similarity_index: bool = True,
+    embeddings_map: bool = True,
+    map_method: str = "auto",
     progress: Progress | None = None,
 ) -> dict:
     """Compute SSL embeddings for ``samples`` and store them in ``embeddings_field``.
@@ -82,6 +91,11 @@ def compute_ssl_embeddings(
         resume (True): after an interrupted attempt with identical inputs (model, images, settings), keep what it
             embedded and embed only the rest (an interrupted proxy training resumes after its last epoch).
         overwrite (False): allow replacing a field this run did not write.
+        similarity_index (True): register a FiftyOne Brain cosine similarity index (sklearn backend, offline) on the
+            field as Brain key ``<run_key>_sim``, so the App's "sort by similarity" uses these embeddings.
+        embeddings_map (True): register a 2-D map of the embeddings as Brain key ``<run_key>_map`` for the App's
+            Embeddings panel (:func:`fo_plugin.core.embedding_map.embedding_map`: fitted on at most 50,000 samples).
+        map_method ("auto"): ``"umap"`` (needs ``umap-learn``), ``"pca"``, or ``"auto"`` (UMAP where importable).
         progress (None): ``callback(fraction, label)``.
 
     Returns:
@@ -104,6 +118,7 @@ def compute_ssl_embeddings(
         raise ValueError(f"a {backbone} backbone needs checkpoint=<weights file>")
     if checkpoint is not None and not os.path.isfile(checkpoint):
         raise ValueError(f"checkpoint file not found: {checkpoint}")
+    map_method = resolve_method(map_method) if embeddings_map else None
     dev = resolve_device(device)
     precision = resolve_precision(precision, dev)
     aug = augment if isinstance(augment, AugmentConfig) else AugmentConfig.from_dict(augment or {})
@@ -120,12 +135,24 @@ def compute_ssl_embeddings(
                                        "precision": precision}
     config = {"embeddings_field": embeddings_field, "error_field": error_field, "train": train,
               "device": str(dev), "precision": precision, "batch_size": batch_size,
-              "view_stages": json.dumps(samples.view()._serialize())}
+              "view_stages": json.dumps(samples.view()._serialize()),
+              "similarity_index": bool(similarity_index), "map_method": map_method}
     run = runs.Run(samples, run_key, "ssl_embeddings",
                    {"embedding": (embeddings_field, fo.VectorField, {}), "error": (error_field, fo.StringField, {})},
                    config, fingerprint_parts=(model_id, ids), overwrite=overwrite, minimum=2 if training else 1,
                    what="SSL embeddings" + (" (proxy training)" if training else ""), resumable=True)
     timings = {}
+    brain_keys = {}
+    if similarity_index:
+        brain_keys["similarity_brain_key"] = run_key + SIMILARITY_SUFFIX
+        run.brain_run(brain_keys["similarity_brain_key"],
+                      lambda: _timed(timings, "similarity_s", progress, "building the similarity index",
+                                     register_similarity, samples, embeddings_field, run_key + SIMILARITY_SUFFIX))
+    if map_method:
+        brain_keys["map_brain_key"] = run_key + MAP_SUFFIX
+        run.brain_run(brain_keys["map_brain_key"],
+                      lambda: _timed(timings, "map_s", progress, f"computing the embeddings map ({map_method})",
+                                     register_map, samples, embeddings_field, run_key + MAP_SUFFIX, map_method, seed))
     with run:
         ckpt_path, trained, history = checkpoint, False, []
         if training:
@@ -174,7 +201,41 @@ def compute_ssl_embeddings(
         return run.commit(embeddings_field=embeddings_field, error_field=error_field, num_samples=len(ids),
                           num_embedded=num_ok, num_failed=len(ids) - num_ok, num_resumed_over=len(done),
                           embedding_dim=dim, trained_proxy=trained, checkpoint=ckpt_path, device=str(dev),
-                          timings=timings, train_history=history)
+                          timings=timings, train_history=history, **brain_keys)
+
+
+def register_similarity(samples, field: str, brain_key: str):
+    """A FiftyOne Brain cosine similarity index over vector ``field`` (sklearn backend: offline, exact); samples
+    without a vector are left out of the index."""
+    import fiftyone.brain as fob
+
+    return fob.compute_similarity(samples, embeddings=field, brain_key=brain_key, backend="sklearn",
+                                  metric="cosine", progress=False)
+
+
+def register_map(samples, field: str, brain_key: str, method: str = "auto", seed: int = 0):
+    """A FiftyOne Brain visualization of vector ``field`` for the App's Embeddings panel: 2-D points from
+    :func:`~fo_plugin.core.embedding_map.embedding_map` (one per sample with a usable vector), registered as
+    precomputed points."""
+    import fiftyone.brain as fob
+
+    view = samples.exists(field)
+    ids = view.values("id")
+    x, ok, _ = field_vectors(view, field, ids)  # (1, N, D)
+    if ok.sum() < 2:
+        raise ValueError(f"an embeddings map needs at least 2 samples with a vector in {field!r}")
+    if not ok.all():
+        view = view.select([i for i, good in zip(ids, ok) if good], ordered=True)
+    points = embedding_map(x[0][torch.as_tensor(ok)], method, seed=seed)  # (N_ok, 2)
+    return fob.compute_visualization(view, points=points, brain_key=brain_key, progress=False)
+
+
+def _timed(timings: dict, name: str, progress: Progress, label: str, fn, *args):
+    progress(1.0, label)
+    t0 = time.perf_counter()
+    out = fn(*args)
+    timings[name] = time.perf_counter() - t0
+    return out
 
 
 def _train_dict(cfg: TrainConfig, width: int) -> dict:

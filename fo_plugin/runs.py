@@ -5,8 +5,9 @@ a *staging* field -> commit (swap the staged fields in, re-tag, save the views, 
 A failure at any point before the commit drops the staged fields and leaves the previous run's fields, tags, views and
 record as they were (the record notes the failed attempt); a run with no previous result is recorded ``failed`` with
 the error. Fields are written only for the target view: after the swap, samples outside it hold no value, so no reader
-ever mixes two runs. Every field, tag, saved view and artifact a run makes is recorded, so :func:`delete_run` removes
-exactly those, and a field the user made is never written over or deleted unless ``overwrite=True`` was passed.
+ever mixes two runs. Every field, tag, saved view, FiftyOne Brain run and artifact a run makes is recorded, so
+:func:`delete_run` removes exactly those, and a field the user made is never written over or deleted unless
+``overwrite=True`` was passed.
 
 Artifacts (checkpoints, factors, sketches) live in a folder keyed by a fingerprint of what they depend on (model,
 data ids, settings), so a changed input never reuses a stale artifact. A file lock per run key keeps two runs of one
@@ -189,6 +190,7 @@ class Run:
             run.write("score", ids, values)           # staged
             run.tag("outlier", lambda ds: ds.match(F(run.field("flag")) == True))
             run.save_view("outliers", lambda ds: ...)
+            run.brain_run("emb_sim", lambda: fob.compute_similarity(...))  # made after the swap
             return run.commit(num_flagged=...)        # swap in, tag, save views, record "complete"
 
     Args:
@@ -221,6 +223,7 @@ class Run:
         self._tags: list[tuple[str, Callable]] = []
         self.chunks_computed = self.chunks_resumed = 0
         self._views: list[tuple[str, Callable, str]] = []
+        self._brain: list[tuple[str, Callable]] = []
         self._lock = None
         old = get_config(self.dataset, key)
         if old is not None and old.get("method") != self.method:
@@ -289,7 +292,8 @@ class Run:
             self.resumed = resumable
             if old is None or old.get("status") != "complete":
                 staging = sorted({*(old or {}).get("staging", []), *(self.staged(k) for k in self.fields)})
-                owned = {k: old[k] for k in ("fields", "tags", "saved_views", "tag_views") if old and k in old}
+                owned = {k: old[k] for k in ("fields", "tags", "saved_views", "tag_views", "brain_keys")
+                         if old and k in old}
                 cfg = ds.init_run(method=self.method, status="running", attempt=attempt, staging=staging,
                                   **{"fields": [], **owned})  # what a swap that a kill cut short still owns
                 ds.register_run(self.key, cfg, overwrite=True)
@@ -388,6 +392,16 @@ class Run:
         """At commit, save the view ``make(dataset)`` as ``name`` (a view over the final fields)."""
         self._views.append((name, make, description))
 
+    def brain_run(self, brain_key: str, make: Callable[[], object]) -> None:
+        """After the commit, ``make()`` registers FiftyOne Brain run ``brain_key`` (e.g. a similarity index over the
+        run's final field); it is recorded in the run's ``brain_keys``, replaced by a re-run and deleted with the
+        run. A Brain run of that key that this run did not make is refused here, before anything is touched."""
+        validate_name(brain_key, "brain key")
+        if self.dataset.has_brain_run(brain_key) and brain_key not in (self.previous or {}).get("brain_keys", []):
+            raise ValueError(f"a Brain run {brain_key!r} exists on dataset {self.dataset.name!r} and was not made by "
+                             f"run {self.key!r}; delete it or use another run key")
+        self._brain.append((brain_key, make))
+
     def commit(self, **results) -> dict:
         """Swap the staged fields in, drop the previous run's leftovers, apply tags and views, record the run as
         complete with ``results``; returns ``results``. Names are re-checked first, under the dataset lock: a field
@@ -420,7 +434,7 @@ class Run:
             for name, make, description in self._views:
                 ds.save_view(name, make(ds), description=description, overwrite=True)
                 views.append(name)
-            cfg = ds.init_run(method=self.method, fields=final, tags=list(tag_views), saved_views=views,
+            cfg = ds.init_run(method=self.method, fields=final, tags=list(tag_views), saved_views=views, brain_keys=[],
                               tag_views=json.dumps(tag_views), status="complete", fingerprint=self.fp,
                               artifacts=self._artifact_dir_if_any(), **self.config)
             ds.register_run(self.key, cfg, overwrite=True)
@@ -428,7 +442,15 @@ class Run:
             if self.chunks_computed or self.chunks_resumed:
                 results["chunks"] = {"computed": self.chunks_computed, "resumed": self.chunks_resumed}
             ds.save_run_results(self.key, ds.init_run_results(self.key, **_jsonable(results)), overwrite=True)
-        self._committed = True
+            self._committed = True  # the run stands even if a Brain run below fails
+            for brain_key in old.get("brain_keys", []):  # over the previous run's values: stale
+                if ds.has_brain_run(brain_key):
+                    ds.delete_brain_run(brain_key)
+            made = []
+            for brain_key, make in self._brain:
+                made.append(brain_key)
+                self._update_record(ds, brain_keys=list(made))  # owned before it exists: a failure leaves no orphan
+                make()
         self._prune_artifacts()
         shutil.rmtree(os.path.join(run_root(self.dataset, self.key), self.fp, CHUNKS), ignore_errors=True)
         return {"run_key": self.key, **results}
@@ -499,8 +521,8 @@ def load_results(dataset: fo.Dataset, key: str) -> dict:
 
 
 def delete_run(dataset: fo.Dataset, key: str, delete_fields: bool = True) -> None:
-    """Delete run ``key``: exactly the fields (if asked), tags, saved views and artifacts it recorded, and the
-    record. Refused while the run is running."""
+    """Delete run ``key``: exactly the fields (if asked), tags, saved views, Brain runs and artifacts it recorded,
+    and the record. Refused while the run is running."""
     cfg = get_config(dataset, key)
     if cfg is None or not str(cfg.get("method", "")).startswith(METHOD_PREFIX):
         raise ValueError(f"no SSL-curation run {key!r} on dataset {dataset.name!r}")
@@ -521,5 +543,8 @@ def delete_run(dataset: fo.Dataset, key: str, delete_fields: bool = True) -> Non
             for view_name in cfg.get("saved_views", []):
                 if ds.has_saved_view(view_name):
                     ds.delete_saved_view(view_name)
+            for brain_key in cfg.get("brain_keys", []):
+                if ds.has_brain_run(brain_key):
+                    ds.delete_brain_run(brain_key)
             ds.delete_run(key)
         shutil.rmtree(run_root(dataset, key), ignore_errors=True)

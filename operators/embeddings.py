@@ -49,6 +49,12 @@ class ComputeSSLEmbeddings(CurationOperator):
         add_output_field(ctx, inputs, "embeddings_field", "ssl_embedding", "Embeddings field")
         inputs.bool("resume", default=True, label="Resume",
                     description="Keep what an interrupted run with identical inputs embedded; only embed the rest")
+        inputs.bool("similarity_index", default=True, label="Similarity index",
+                    description="Register a Brain similarity index on the field (Brain key <field>_sim), so the App's "
+                                "'sort by similarity' on a selected image uses these embeddings")
+        inputs.bool("embeddings_map", default=True, label="Embeddings map",
+                    description="Register a 2-D map of the embeddings (Brain key <field>_map; UMAP where umap-learn "
+                                "is installed, else PCA) for the App's Embeddings panel")
         positive_int(ctx, inputs, "batch_size", 256, "Batch size", minimum=2)
         add_device_and_delegate(inputs, ctx)
         return types.Property(inputs, view=types.View(label="Compute SSL embeddings"))
@@ -68,6 +74,8 @@ class ComputeSSLEmbeddings(CurationOperator):
             epochs=p.get("epochs", 10),
             batch_size=p.get("batch_size", 256),
             resume=bool(p.get("resume", True)),
+            similarity_index=bool(p.get("similarity_index", True)),
+            embeddings_map=bool(p.get("embeddings_map", True)),
             device=p.get("device", "auto"),
             progress=self.progress(ctx),
         )
@@ -82,4 +90,6 @@ class ComputeSSLEmbeddings(CurationOperator):
         outputs.str("error_field", label="Error field")
         outputs.bool("trained_proxy", label="Trained a new proxy")
         outputs.str("checkpoint", label="Checkpoint")
+        outputs.str("similarity_brain_key", label="Similarity index (Brain key)")
+        outputs.str("map_brain_key", label="Embeddings map (Brain key)")
         return types.Property(outputs, view=types.View(label="SSL embeddings computed"))
