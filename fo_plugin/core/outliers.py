@@ -27,7 +27,8 @@ SCALES = (10, 30, 100, 300)
 # mixed sizes would otherwise be ranked by size).
 OUTLIER_STATS = ("brightness", "lum_p01", "lum_p99", "contrast", "colourfulness", "saturation", "chroma",
                  "gray_fraction", "mean_rg", "mean_yb", "log_sharpness", "rel_sharpness", "entropy", "edge_density",
-                 "hf_energy", "dominant_colour", "colour_count", "axis_alignment", "coherence", "border_std")
+                 "hf_energy", "dominant_colour", "colour_count", "axis_alignment", "coherence", "border_std",
+                 "spectral_slope", "saturation_spread")
 COMBINE = "fisher"
 # Fisher weight per family (others 1): the SSL family is down-weighted because an embedding trained on photos can
 # rank a document or a texture as typical, and a full-weight typical rank drags a clear image-statistics outlier
