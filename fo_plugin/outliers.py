@@ -13,7 +13,7 @@ import torch
 from fiftyone import ViewField as F
 
 from . import params, runs
-from .core.outliers import SCALES, outlier_scores
+from .core.outliers import SCALES, WEIGHTS, outlier_scores
 from .features import canonical, field_vectors, image_statistics
 
 METHOD = runs.METHOD_PREFIX + "outliers"
@@ -40,6 +40,7 @@ def find_outliers(
     scales: tuple[int, ...] = SCALES,
     image_stats: bool = True,
     tightness: bool = True,
+    weights: dict[str, float] | None = None,
     influence_run: str | None = None,
     fraction: float | None = None,
     threshold: float | None = None,
@@ -63,6 +64,9 @@ def find_outliers(
         tightness (True): add the group-tightness components (log of far / near neighbour distance) to each kNN
             component: they find tight groups of near-copies that plain distances miss (see
             :func:`fo_plugin.core.outliers.outlier_scores` for the measured trade-off).
+        weights (None): weight of each component (``ssl``, ``stats``, ``influence``) in the combined score; None:
+            ``ssl`` 0.3, the others 1 (the embedding of a model trained on photos can rank a document as typical;
+            see :data:`fo_plugin.core.outliers.WEIGHTS`); a component not named weighs 1.
         influence_run (None): also combine the self-influence of this influence run.
         fraction (None): flag this top fraction (0.02 when no threshold is given); or ``threshold``: flag scores
             >= threshold.
@@ -77,6 +81,7 @@ def find_outliers(
     fraction = params.number("fraction", fraction, 0, 1, none_ok=True)
     threshold = params.number("threshold", threshold, 0, 1, none_ok=True)
     scales = tuple(params.integer("scales", s, 1) for s in scales)
+    weights = {str(k): params.number(f"weights[{k}]", v, 0) for k, v in (WEIGHTS if weights is None else weights).items()}
     if influence_run:
         runs.require(dataset, influence_run, "ssl_influence", "compute_ssl_influence")
     if not embeddings_field and not image_stats:
@@ -90,7 +95,7 @@ def find_outliers(
         names.pop("influence")
     tag, view_name = _names(run_key)
     config = {"embeddings_field": embeddings_field, "scales": list(scales), "image_stats": image_stats,
-              "tightness": tightness,
+              "tightness": tightness, "weights": weights,
               "influence_run": influence_run, "fraction": fraction, "threshold": threshold}
     run = runs.Run(samples, run_key, "outliers", {k: (v, FIELD_TYPES[k], {}) for k, v in names.items()}, config,
                    overwrite=overwrite, minimum=3, what="outlier scores")
@@ -121,7 +126,7 @@ def find_outliers(
         extra = {"influence": np.array([by_id[i] for i in vids], dtype=float)} if influence_run else None
         parts = outlier_scores(z[0, torch.as_tensor(valid)] if z is not None else None, scales, extra,
                                stats={k: v[row[valid]] for k, v in stats.items()} if stats else None,
-                               tightness=tightness)
+                               tightness=tightness, weights=weights)
         score = parts["score"]
         flag = score >= threshold if threshold is not None else _top(score, fraction)
         progress(0.8, f"{int(flag.sum())} outliers flagged")

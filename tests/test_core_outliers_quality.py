@@ -81,6 +81,20 @@ def test_embedding_alone_without_tightness_is_the_previous_score(photo_features)
     assert auroc(np.r_[2.0, 3.0, 0.0, 1.0], np.r_[True, True, False, False]) == 1.0
 
 
+def test_fisher_weights_scale_each_family_term():
+    rng = np.random.default_rng(0)
+    emb, extra = torch.as_tensor(rng.normal(size=(60, 8)), dtype=torch.float32), {"x": rng.normal(size=60)}
+    ranks = lambda o: [percentile_rank(o[k]) for k in ("ssl_score", "x_score")]  # noqa: E731
+    term = lambda r: -np.log1p(-r + 1 / 60)  # noqa: E731
+    plain = outlier_scores(emb, extra=extra, weights={})
+    r = ranks(plain)
+    np.testing.assert_allclose(plain["score"], percentile_rank(term(r[0]) + term(r[1])))
+    default = outlier_scores(emb, extra=extra)  # ssl weighs 0.3
+    np.testing.assert_allclose(default["score"], percentile_rank(0.3 * term(r[0]) + term(r[1])))
+    only_x = outlier_scores(emb, extra=extra, weights={"ssl": 0})
+    np.testing.assert_allclose(only_x["score"], percentile_rank(extra["x"]))
+
+
 def test_image_stats_lie_in_their_documented_ranges(photos):
     imgs = np.concatenate([photos[:200]] + [_jpeg(ood_images(k, 8, 32, seed=1)) for k in KINDS])
     s = image_stats(imgs, sizes=np.tile([32, 64], (len(imgs), 1)))

