@@ -65,6 +65,7 @@ def _split_labels(samples, source: str, ids: list[str]) -> np.ndarray:
     sids, vals = samples.values(["id", source])
     if source == "tags":
         vals = [next((t for t in SPLIT_TAGS if t in (tags or [])), None) for tags in vals]
+        vals = ["val" if v == "validation" else v for v in vals]  # one split, two spellings
     by_id = dict(zip(sids, vals))
     return np.array([by_id.get(i) for i in ids], dtype=object)
 

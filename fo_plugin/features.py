@@ -15,6 +15,7 @@ from .core import rng
 from .core.augment import AugmentConfig
 from .core.backbones import Backbone, load_backbone
 from .core.embed import embed_array
+from .core.fingerprint import fingerprint
 from .core.images import iter_decoded, to_float
 from .core.vectors import valid_rows
 
@@ -104,7 +105,8 @@ def project_views(net: Backbone, paths: list[str], keys: torch.Tensor, num_views
             return {"z": np.stack([embed_array(fn, images, net.image_size, device, batch_size, keys=k, aug=aug,
                                                seed=seed, view=v) for v in range(num_views)])}
 
-        z = (chunk(f"views-{start}-{start + len(images)}", compute) if chunk else compute())["z"]
+        name = f"views-{start}-{start + len(images)}-{fingerprint(ok.tolist(), length=8)}"  # which rows decoded
+        z = (chunk(name, compute) if chunk else compute())["z"]
         chunks.append(torch.as_tensor(z))
         oks.append(ok)
         errors += errs

@@ -18,6 +18,7 @@ from fiftyone import ViewField as F
 from . import params, runs
 from .core.device import resolve_device
 from .core.ekfac import EKFAC
+from .core.fingerprint import fingerprint
 from .core.influence import (
     CURVATURES,
     OUTPUTS,
@@ -126,8 +127,10 @@ def compute_ssl_influence(
             n = len(pool.ids)
             if n < 2:
                 raise ValueError(f"influence needs at least 2 readable images; {n} of {len(ids)} could be decoded")
-            # every chunk below is kept as it completes (run.chunk): a re-run after a kill redoes only the rest
-            loss = np.concatenate([run.chunk(f"loss-{b * 256}-{b * 256 + len(x)}",
+            # every chunk below is kept as it completes (run.chunk): a re-run after a kill redoes only the rest;
+            # names carry the decoded set and batch size, so rows can never shift onto other samples
+            tag = fingerprint(pool.ids, batch_size, length=10)
+            loss = np.concatenate([run.chunk(f"{tag}-loss-{b * 256}-{b * 256 + len(x)}",
                                              lambda x=x: {"loss": aug_losses(f, x, cfg).cpu().numpy()})["loss"]
                                    for b, x in enumerate(pool.batches(dev, 256))])
             progress(0.1, "augmentation losses")
@@ -138,7 +141,7 @@ def compute_ssl_influence(
                     d, dmp = fit_diagonal(f, lambda: pool.batches(dev, batch_size), cfg)
                     return {"diag": d.cpu().numpy(), "damping": np.float64(dmp)}
 
-                fit = run.chunk("diagonal", fit_once)
+                fit = run.chunk(f"{tag}-diagonal", fit_once)
                 diag, lam = torch.as_tensor(fit["diag"]).to(dev), float(fit["damping"])
                 torch.save({"diag": diag.cpu(), "damping": lam}, os.path.join(rdir, "diagonal.pt"))
                 progress(0.4, "diagonal Fisher fitted")
@@ -151,7 +154,7 @@ def compute_ssl_influence(
             for b, x in enumerate(pool.batches(dev, batch_size)):
                 if curvature != "ekfac" or sketch is not None:
                     s0 = b * batch_size
-                    out = run.chunk(f"grads-{s0}-{s0 + len(x)}", lambda x=x: _grad_chunk(f, x, cfg, scale, sketch))
+                    out = run.chunk(f"{tag}-grads-{s0}-{s0 + len(x)}", lambda x=x: _grad_chunk(f, x, cfg, scale, sketch))
                     if curvature != "ekfac":
                         si[s0:s0 + len(x)] = out["si"]
                     if sketch is not None:

@@ -69,7 +69,8 @@ def score_histograms(samples, bins: int = 20) -> list[dict]:
                 or field not in samples.get_field_schema():
             continue
         values = np.array([v for v in samples.values(field) if v is not None], dtype=np.float64)
-        threshold = cfg.get("threshold") if method == "near_duplicates" else runs.load_results(ds, key).get("cutoff")
+        threshold = (cfg.get("verify_threshold") if cfg.get("verify_threshold") is not None else cfg.get("threshold")) \
+            if method == "near_duplicates" else runs.load_results(ds, key).get("cutoff")
         lo, hi = (0.0, 1.0) if not len(values) else (min(0.0, values.min()), max(1.0, values.max()))
         counts, edges = np.histogram(values, bins=bins, range=(lo, hi))
         out.append({"run": key, "method": method, "field": field, "counts": counts.tolist(), "edges": edges.tolist(),

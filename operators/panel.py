@@ -93,9 +93,10 @@ class ShowDuplicateGroup(foo.Operator):
         from fo_plugin import runs
 
         inputs = types.Object()
-        keys = runs.list_runs(ctx.dataset, "near_duplicates")
+        keys = [k for k in runs.list_runs(ctx.dataset, "near_duplicates")
+                if (runs.get_config(ctx.dataset, k) or {}).get("status") == "complete"]
         if not keys:
-            inputs.view("none", types.Warning(label="Run find_near_duplicates first"))
+            inputs.view("none", types.Warning(label="No complete near-duplicates run: run find_near_duplicates first"))
             return types.Property(inputs)
         inputs.enum("run_key", keys, default=keys[-1], label="Near-duplicates run")
         inputs.str("sample_id", default=(ctx.selected or [None])[0], label="Sample id (default: the selected one)")

@@ -43,3 +43,16 @@ def test_array_hash_depends_on_content_and_shape():
     y = x.copy()
     y[5] += 1
     assert array_hash(x) != array_hash(y)
+
+
+def test_pixel_hash_keeps_16_bit_and_alpha_apart(tmp_path):
+    """Two 16-bit frames that differ by an offset would clip to the same 8-bit RGB; their hashes must differ."""
+    a = np.full((8, 8), 1000, np.uint16)
+    Image.fromarray(a).save(tmp_path / "a.png")
+    Image.fromarray(a + 4000).save(tmp_path / "b.png")
+    rgba = np.zeros((8, 8, 4), np.uint8)
+    Image.fromarray(rgba).save(tmp_path / "c.png")
+    rgba[..., 3] = 255
+    Image.fromarray(rgba).save(tmp_path / "d.png")
+    h = [pixel_hash(str(tmp_path / n)) for n in ("a.png", "b.png", "c.png", "d.png")]
+    assert len(set(h)) == 4

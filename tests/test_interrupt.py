@@ -201,7 +201,8 @@ def test_kill_during_influence_leaves_no_fields_readers_refuse_it_and_the_rerun_
     assert not ds.has_run("shaped_c")
     assert decoded_leftovers(ds, "inf_c")
     kept = sorted(os.path.basename(p) for p in glob.glob(os.path.join(runs.run_root(ds, "inf_c"), "*", "chunks", "*")))
-    assert kept == ["grads-0-32.npz", "loss-0-64.npz"]  # the completed chunks, nothing half-written
+    assert [k.split("-", 1)[1] for k in kept] == ["grads-0-32.npz", "loss-0-64.npz"]  # completed chunks only
+    assert len({k.split("-", 1)[0] for k in kept}) == 1  # one decoded set and batch size
 
     out = fo_plugin.compute_ssl_influence(small(ds, INF_N), "inf_c", **INFLUENCE)
     assert out["num_scored"] == INF_N

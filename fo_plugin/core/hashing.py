@@ -19,12 +19,13 @@ def file_hash(path: str, block: int = 1 << 20) -> str:
 
 
 def pixel_hash(path: str) -> str | None:
-    """BLAKE2 hex digest of the fully decoded RGB pixels and their size (EXIF orientation applied), None when the
+    """BLAKE2 hex digest of the fully decoded pixels in their native mode (16-bit, alpha and palette kept, so no
+    conversion can make two different images equal), with size and mode, EXIF orientation applied; None when the
     file cannot be decoded. Equal digests: identical images whatever the file format or metadata."""
     try:
         with Image.open(path) as im:
-            im = ImageOps.exif_transpose(im).convert("RGB")
-            h = hashlib.blake2b(f"{im.size}".encode(), digest_size=20)
+            im = ImageOps.exif_transpose(im)
+            h = hashlib.blake2b(f"{im.size}{im.mode}".encode(), digest_size=20)
             h.update(im.tobytes())
             return h.hexdigest()
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError):
