@@ -434,7 +434,8 @@ class Run:
             for name, make, description in self._views:
                 ds.save_view(name, make(ds), description=description, overwrite=True)
                 views.append(name)
-            cfg = ds.init_run(method=self.method, fields=final, tags=list(tag_views), saved_views=views, brain_keys=[],
+            cfg = ds.init_run(method=self.method, fields=final, tags=list(tag_views), saved_views=views,
+                              brain_keys=list(old.get("brain_keys", [])),  # still owned until deleted below
                               tag_views=json.dumps(tag_views), status="complete", fingerprint=self.fp,
                               artifacts=self._artifact_dir_if_any(), **self.config)
             ds.register_run(self.key, cfg, overwrite=True)
@@ -443,16 +444,19 @@ class Run:
                 results["chunks"] = {"computed": self.chunks_computed, "resumed": self.chunks_resumed}
             ds.save_run_results(self.key, ds.init_run_results(self.key, **_jsonable(results)), overwrite=True)
             self._committed = True  # the run stands even if a Brain run below fails
-            for brain_key in old.get("brain_keys", []):  # over the previous run's values: stale
-                if ds.has_brain_run(brain_key):
-                    ds.delete_brain_run(brain_key)
-            made = []
-            for brain_key, make in self._brain:
-                made.append(brain_key)
-                self._update_record(ds, brain_keys=list(made))  # owned before it exists: a failure leaves no orphan
-                make()
-        self._prune_artifacts()
-        shutil.rmtree(os.path.join(run_root(self.dataset, self.key), self.fp, CHUNKS), ignore_errors=True)
+            try:
+                for brain_key in old.get("brain_keys", []):  # over the previous run's values: stale
+                    if ds.has_brain_run(brain_key):
+                        ds.delete_brain_run(brain_key)
+                self._update_record(ds, brain_keys=[])
+                made = []
+                for brain_key, make in self._brain:
+                    made.append(brain_key)
+                    self._update_record(ds, brain_keys=list(made))  # owned before it exists: no orphan on failure
+                    make()
+            finally:  # the run stands: its artifacts are tidied even if a Brain run failed
+                self._prune_artifacts()
+                shutil.rmtree(os.path.join(run_root(self.dataset, self.key), self.fp, CHUNKS), ignore_errors=True)
         return {"run_key": self.key, **results}
 
     def _check_names(self, ds: fo.Dataset, old: dict) -> None:
