@@ -1,6 +1,6 @@
-"""``find_near_duplicates``: near-duplicate groups from SSL embeddings, confirmed by an aligned pixel
-comparison (and optionally influence-gradient similarity), with one representative kept per group. Nothing is deleted: ``_keep`` flags,
-tags and saved views say what an export would drop."""
+"""``find_near_duplicates``: near-duplicate groups from SSL embeddings, confirmed by an aligned pixel comparison
+(and optionally influence-gradient similarity), with one representative kept per group. Nothing is deleted:
+``_keep`` flags, tags and saved views say what an export would drop."""
 
 from __future__ import annotations
 
@@ -108,7 +108,8 @@ def find_near_duplicates(
     """Group near-duplicates and flag one representative per group.
 
     Byte-identical files (and images with identical decoded pixels, when the pixel check runs) are found by
-    hashing (group kind ``"exact"``; byte-identical files whether or not they have an embedding). A near-duplicate pair is reported when the two samples are among each other's ``k`` nearest SSL neighbours with cosine
+    hashing (group kind ``"exact"``; byte-identical files whether or not they have an embedding). A near-duplicate
+    pair is reported when the two samples are among each other's ``k`` nearest SSL neighbours with cosine
     >= ``threshold`` (the candidates) and the aligned comparison of their 32x32 luma thumbnails (best shift, zoom,
     flip and small rotation; layout and local detail must agree, see
     :func:`fo_plugin.core.duplicates.aligned_pair_scores`) scores >= ``verify_threshold`` (None: the embedding
