@@ -71,8 +71,9 @@ def pca_2d(z: torch.Tensor, rows: np.ndarray | None = None) -> np.ndarray:
     their mean; each axis's sign is fixed (largest loading positive) so a re-run draws the same picture."""
     fit = z if rows is None else z[torch.as_tensor(rows)]
     mean = fit.mean(dim=0, keepdim=True)  # (1, D)
-    _, _, vh = torch.linalg.svd((fit - mean).double(), full_matrices=False)  # vh: (min(F, D), D)
-    axes = vh[:2].clone()  # (2, D)
+    fc = (fit - mean).double()  # (F, D)
+    _, vecs = torch.linalg.eigh(fc.T @ fc)  # (D, D) covariance: cheaper than an SVD of (F, D) for F >> D
+    axes = vecs[:, -2:].flip(1).T.contiguous()  # (2, D), largest variance first
     if len(axes) < 2:  # D == 1: a flat second axis
         axes = torch.cat([axes, torch.zeros_like(axes)])
     sign = torch.sign(axes.gather(1, axes.abs().argmax(dim=1, keepdim=True)))  # (2, 1)
