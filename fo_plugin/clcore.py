@@ -203,8 +203,7 @@ def compute_clcore(
                    "selected": out["selected"].tolist()}
         if mode == "greedy":
             columns["gain"] = out["gain"].tolist()
-        for k_, values in columns.items():
-            run.write(k_, vid, values)
+        run.write_columns(vid, columns)  # one update per sample for all fields
         bad = [i for i in ids if i not in set(vid)]
         run.write("error", bad, [errors.get(i, "could not be scored") for i in bad])
 

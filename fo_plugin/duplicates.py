@@ -150,10 +150,10 @@ def find_near_duplicates(
         where = {i: n for n, i in enumerate(ids)}
         best = dict(zip(vids, np.asarray(found["score"], float).tolist()))
 
-        run.write("group", scored, [int(group[where[i]]) if group[where[i]] >= 0 else None for i in scored])
-        run.write("kind", scored, [kind[where[i]] for i in scored])
-        run.write("keep", scored, [bool(keep_mask[where[i]]) for i in scored])
-        run.write("score", vids, [best[i] for i in vids])
+        run.write_columns(scored, {  # one update per sample for all fields
+            "group": [int(group[where[i]]) if group[where[i]] >= 0 else None for i in scored],
+            "kind": [kind[where[i]] for i in scored], "keep": [bool(keep_mask[where[i]]) for i in scored],
+            "score": [best.get(i) for i in scored]})  # byte-identical files without a vector have no score
         unscored = [i for i in rejected if exact[where[i]] < 0]
         run.write("error", unscored, [rejected[i] for i in unscored])
         g_, k_ = names["group"], names["keep"]
