@@ -204,7 +204,8 @@ def compute_clcore(
         if mode == "greedy":
             columns["gain"] = out["gain"].tolist()
         run.write_columns(vid, columns)  # one update per sample for all fields
-        bad = [i for i in ids if i not in set(vid)]
+        scored = set(vid)
+        bad = [i for i in ids if i not in scored]  # (a set built once: this was quadratic in N)
         run.write("error", bad, [errors.get(i, "could not be scored") for i in bad])
 
         frac = n_keep / len(valid)
