@@ -203,9 +203,9 @@ def compute_clcore(
                    "selected": out["selected"].tolist()}
         if mode == "greedy":
             columns["gain"] = out["gain"].tolist()
-        for k_, values in columns.items():
-            run.write(k_, vid, values)
-        bad = [i for i in ids if i not in set(vid)]
+        run.write_columns(vid, columns)  # one update per sample for all fields
+        scored = set(vid)
+        bad = [i for i in ids if i not in scored]  # (a set built once: this was quadratic in N)
         run.write("error", bad, [errors.get(i, "could not be scored") for i in bad])
 
         frac = n_keep / len(valid)

@@ -208,10 +208,11 @@ def find_near_duplicates(
         scored = [ids[i] for i in np.union1d(valid, np.flatnonzero(exact >= 0))]
         where = {i: n for n, i in enumerate(ids)}
 
-        run.write("group", scored, [int(group[where[i]]) if group[where[i]] >= 0 else None for i in scored])
-        run.write("kind", scored, [kind[where[i]] for i in scored])
-        run.write("keep", scored, [bool(keep_mask[where[i]]) for i in scored])
-        run.write("score", vids, [float(b) if np.isfinite(b) else None for b in best])
+        best_of = {vids[r]: float(b) for r, b in enumerate(best) if np.isfinite(b)}
+        run.write_columns(scored, {  # one update per sample for all fields
+            "group": [int(group[where[i]]) if group[where[i]] >= 0 else None for i in scored],
+            "kind": [kind[where[i]] for i in scored], "keep": [bool(keep_mask[where[i]]) for i in scored],
+            "score": [best_of.get(i) for i in scored]})  # samples in no confirmed pair have no score
         unscored = [i for i in rejected if exact[where[i]] < 0]
         run.write("error", unscored, [rejected[i] for i in unscored])
         g_, k_ = names["group"], names["keep"]

@@ -3,10 +3,13 @@ canonical sample order (sorted by a hash of the sample id), so that every score 
 
 from __future__ import annotations
 
+import io
 import os
 import tempfile
+import zlib
 
 import fiftyone as fo
+import fiftyone.core.utils as fou
 import numpy as np
 import torch
 
@@ -118,11 +121,45 @@ def project_views(net: Backbone, paths: list[str], keys: torch.Tensor, num_views
     return z, ok, errors
 
 
-def field_vectors(samples: fo.core.collections.SampleCollection, field: str, ids: list[str]
-                  ) -> tuple[torch.Tensor, np.ndarray, dict[str, str]]:
+VALUES_CHUNK = 50_000  # samples per read: a chunk's Python objects stay small, whatever N is
+
+
+def iter_values(samples: fo.core.collections.SampleCollection, field: str, chunk: int = VALUES_CHUNK):
+    """``(ids, values)`` of ``field`` over ``samples``, ``chunk`` samples at a time (bounded memory: only one
+    chunk's Python objects are alive; a VectorField's values come as numpy arrays)."""
+    all_ids = samples.values("id")
+    for s in range(0, len(all_ids), chunk):
+        part = samples if len(all_ids) <= chunk else samples.select(all_ids[s:s + chunk])
+        ids, vals = part.values(["id", field], _raw=True)  # a VectorField's stored bytes: decoded below, fast
+        cache: dict[bytes, tuple] = {}
+        yield ids, [_decode(v, cache) if isinstance(v, bytes) else v for v in vals]
+
+
+def _decode(data: bytes, cache: dict) -> np.ndarray:
+    """A VectorField value as FiftyOne stores it (a zlib-compressed ``.npy``) -> the array. Same result as
+    ``fiftyone.core.utils.deserialize_numpy_array``, ~20x faster: the header (dtype, shape) is parsed once per
+    distinct header (``cache``) instead of once per sample (measured 0.45 ms a sample there: 7 min at 1M)."""
+    raw = zlib.decompress(data)
+    if raw[:6] != b"\x93NUMPY" or raw[6] != 1:  # only format 1.0 is decoded here
+        return fou.deserialize_numpy_array(data)
+    end = 10 + int.from_bytes(raw[8:10], "little")
+    head = raw[:end]
+    if head not in cache:
+        f = io.BytesIO(head)
+        np.lib.format.read_magic(f)
+        cache[head] = np.lib.format.read_array_header_1_0(f)  # (shape, fortran order, dtype)
+    shape, fortran, dtype = cache[head]
+    if dtype.hasobject or fortran:
+        return fou.deserialize_numpy_array(data)
+    return np.frombuffer(raw, dtype=dtype, offset=end).reshape(shape)
+
+
+def field_vectors(samples: fo.core.collections.SampleCollection, field: str, ids: list[str],
+                  chunk: int = VALUES_CHUNK) -> tuple[torch.Tensor, np.ndarray, dict[str, str]]:
     """Stored vectors of ``field`` in the order of ``ids`` as (1, N, D), the mask of usable rows, and why each
     unusable sample was rejected (no value, wrong dimension, NaN / inf, all zero): a bad vector is never
-    propagated into a score. The field's run, when one of ours wrote it, must be complete."""
+    propagated into a score. The field's run, when one of ours wrote it, must be complete. Read ``chunk``
+    samples at a time into one float32 array: memory is the (N, D) array plus one chunk, whatever N is."""
     dataset = samples._dataset
     schema = samples.get_field_schema()
     if field not in schema:
@@ -133,23 +170,30 @@ def field_vectors(samples: fo.core.collections.SampleCollection, field: str, ids
     if owner is not None:
         cfg = runs.get_config(dataset, owner)
         runs.require(dataset, owner, cfg["method"][len(runs.METHOD_PREFIX):], f"the {owner!r} run")
-    by_id = dict(zip(*samples.values(["id", field])))
-    vals = [by_id.get(i) for i in ids]
-    dims = [len(v) if v is not None and np.ndim(v) == 1 else -1 for v in vals]
-    known = [d for d in dims if d > 0]
-    if not known:
+    row = {i: n for n, i in enumerate(ids)}
+    z = None  # (N, D) float32, allocated once the common dimension is known
+    dims = np.full(len(ids), -1)  # -1: no value
+    for part, vals in iter_values(samples, field, chunk):
+        if z is None:  # the common dimension of the first chunk with vectors; others are rejected
+            known = [len(v) for v in vals if v is not None and np.ndim(v) == 1 and len(v) > 0]
+            if not known:
+                continue
+            dim = max(set(known), key=known.count)
+            z = np.zeros((len(ids), dim), dtype=np.float32)
+        for i, v in zip(part, vals):
+            n = row.get(i)
+            if n is None or v is None or np.ndim(v) != 1:
+                continue
+            dims[n] = len(v)
+            if len(v) == dim:
+                z[n] = v
+    if z is None:
         raise ValueError(f"no sample in the target view has a vector in field {field!r}")
-    dim = max(set(known), key=known.count)  # the common dimension; others are rejected
-    z = np.zeros((len(ids), dim), dtype=np.float32)
     rejected: dict[str, str] = {}
-    for n, (v, d) in enumerate(zip(vals, dims)):
-        if v is None:
-            rejected[ids[n]] = f"no value in {field!r}"
-        elif d != dim:
-            rejected[ids[n]] = f"{field!r} has dimension {d}, expected {dim}"
-        else:
-            z[n] = np.asarray(v, dtype=np.float32)
-    ok = np.array([i not in rejected for i in ids])
+    for n in np.flatnonzero(dims != dim):
+        rejected[ids[n]] = f"no value in {field!r}" if dims[n] < 0 else \
+            f"{field!r} has dimension {dims[n]}, expected {dim}"
+    ok = dims == dim
     bad = ok & ~valid_rows(z)
     for n in np.flatnonzero(bad):
         rejected[ids[n]] = f"{field!r} holds a NaN / inf or all-zero vector"

@@ -130,13 +130,12 @@ def find_outliers(
         score = parts["score"]
         flag = score >= threshold if threshold is not None else _top(score, fraction)
         progress(0.8, f"{int(flag.sum())} outliers flagged")
-        run.write("score", vids, score.tolist())
-        run.write("flag", vids, flag.tolist())
-        run.write("reason", vids, parts["scale"].tolist())
+        columns = {"score": score.tolist(), "flag": flag.tolist(), "reason": parts["scale"].tolist()}
         for short, key in (("ssl", "ssl_score"), ("stats", "stats_score"), ("influence", "influence_score"),
                            ("knn", "knn")):
             if short in names:
-                run.write(short, vids, np.asarray(parts[key], float).tolist())
+                columns[short] = np.asarray(parts[key], float).tolist()
+        run.write_columns(vids, columns)  # one update per sample for all fields
         run.write("error", list(rejected), list(rejected.values()))
         f_, s_ = names["flag"], names["score"]
         run.tag(tag, lambda ds: ds.match(F(f_) == True))

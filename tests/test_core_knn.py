@@ -80,8 +80,8 @@ def test_approximate_recall_and_planted_copies(data, method):
 
 def test_auto_selection_follows_the_doc():
     assert choose_method(1_000, "cpu") == "exact"
-    assert choose_method(50_000, "cpu") == "exact"
-    assert choose_method(50_001, "cpu") == "ivf"
+    assert choose_method(20_000, "cpu") == "exact"
+    assert choose_method(20_001, "cpu") == "ivf"
     assert choose_method(10**7, "cuda") == "exact"
     assert choose_method(10**7, "cpu", "hnsw") == "hnsw"
     with pytest.raises(ValueError):

@@ -63,9 +63,12 @@ def representatives(group: np.ndarray, priority: np.ndarray) -> np.ndarray:
     """``keep`` mask: every item outside a group, and in each group the item of highest ``priority`` (ties: the
     lower index)."""
     keep = group < 0
-    for g in np.unique(group[group >= 0]):
-        members = np.flatnonzero(group == g)
-        keep[members[np.lexsort((members, -priority[members]))[0]]] = True
+    members = np.flatnonzero(group >= 0)
+    if len(members) == 0:
+        return keep
+    order = members[np.lexsort((members, -priority[members], group[members]))]  # by group, best first: O(N log N)
+    first = np.r_[True, group[order][1:] != group[order][:-1]]
+    keep[order[first]] = True
     return keep
 
 

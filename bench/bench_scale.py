@@ -1,0 +1,199 @@
+"""Our embedding-level stages against FiftyOne Brain on the same stored embedding field, at growing N.
+
+Data: ``bench_knn.clustered`` vectors (128-d, 100 clusters, 1% planted near-copies at cosine ~0.9998, 0.5% planted
+outliers in random directions) stored in a ``VectorField`` of a FiftyOne dataset of N samples (filepaths that do not
+exist: no stage here reads pixels). The dataset is made once per (N, seed) and kept (``bench-scale-<N>-s<seed>``).
+Each stage runs in its own subprocess; its wall time is that of the one call, its peak memory the child's
+``ru_maxrss`` (imports and the dataset handle included, the same for both tools; the database server is not counted).
+
+Stages: ours ``find_near_duplicates`` on the field without pixel confirmation (``OURS_DUPLICATES`` below),
+``find_outliers`` on the field without image statistics, ``compute_clcore`` on the field with 50 latent classes;
+Brain's ``compute_near_duplicates(embeddings=field)`` (default threshold 0.2 = cosine 0.8, ours is cosine >= 0.8
+too) and ``compute_uniqueness(embeddings=field)``. Recall: near-copies = share of planted (original, copy) pairs
+put in one group; outliers = share of planted outliers among the top 1% (twice their number) of the score, and\namong the top 2% (what ``find_outliers`` flags by default).
+
+    python bench/bench_scale.py [--sizes 10000 50000] [--timeout 1800]   # --sizes 200000 1000000 also work
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+
+import common  # noqa: F401  (environment, sys.path)
+import numpy as np
+
+FIELD = "emb"
+# our near-duplicate search with embeddings only: every pixel / detail confirmation off (one place to change it)
+OURS_DUPLICATES = {"verify_threshold": None}
+STAGES = {  # stage -> (tool, what it is compared with)
+    "dups": ("ours", "brain_dups"), "outliers": ("ours", "brain_uniqueness"), "clcore": ("ours", None),
+    "brain_dups": ("brain", None), "brain_uniqueness": ("brain", None),
+}
+TRUTH_DIR = os.path.join(common.ROOT, ".cache", "bench-scale")
+
+
+def dataset_name(n: int, seed: int) -> str:
+    return f"bench-scale-{n}-s{seed}"
+
+
+def make_dataset(n: int, seed: int = 0, chunk: int = 50_000):
+    """The benchmark dataset of ``n`` samples (made once, then reused) and its truth file (ids, copy_of, is_out)."""
+    import fiftyone as fo
+    from bench_knn import clustered
+
+    name = dataset_name(n, seed)
+    truth = os.path.join(TRUTH_DIR, f"{name}.npz")
+    if fo.dataset_exists(name):
+        ds = fo.load_dataset(name)
+        if len(ds) == n and os.path.isfile(truth) and ds.has_field(FIELD):
+            return ds, truth
+        ds.delete()
+    t = time.perf_counter()
+    x, copy_of, is_out = clustered(n, seed=seed)
+    ds = fo.Dataset(name, persistent=True)
+    ds.add_sample_field(FIELD, fo.VectorField)
+    ids = []
+    for s in range(0, n, chunk):
+        e = min(s + chunk, n)
+        ids += ds.add_samples([fo.Sample(filepath=f"/nonexistent/bench-scale/{i:08d}.jpg", **{FIELD: x[i]})
+                               for i in range(s, e)], progress=False)
+    os.makedirs(TRUTH_DIR, exist_ok=True)
+    np.savez(truth, ids=np.array(ids), copy_of=copy_of, is_out=is_out)
+    print(f"made {name} in {time.perf_counter() - t:.0f} s", file=sys.stderr, flush=True)
+    return ds, truth
+
+
+def _peak_gb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # kB on Linux
+
+
+def _pair_recall(ids: np.ndarray, copy_of: np.ndarray, group_of: dict) -> float:
+    """Share of planted (original, copy) pairs whose two samples are in one group (``group_of``: id -> group)."""
+    dst = np.flatnonzero(copy_of >= 0)
+    found = [group_of.get(ids[d]) is not None and group_of.get(ids[d]) == group_of.get(ids[copy_of[d]]) for d in dst]
+    return float(np.mean(found))
+
+
+def _top_recall(ids: np.ndarray, is_out: np.ndarray, score: dict, times: int = 2) -> float:
+    """Share of planted outliers among the top ``times`` x their number (2: the top 1%) of ``score`` (id -> score)."""
+    s = np.array([score.get(i, -np.inf) if score.get(i) is not None else -np.inf for i in ids])
+    top = np.argsort(-s, kind="stable")[:times * int(is_out.sum())]
+    return float(is_out[top].sum() / is_out.sum())
+
+
+def child(stage: str, n: int, seed: int) -> dict:
+    """Run one stage on the benchmark dataset in this process; time, peak memory and recall."""
+    import fiftyone as fo
+
+    ds = fo.load_dataset(dataset_name(n, seed))
+    t = time.perf_counter()
+    if stage == "dups":
+        from fo_plugin.duplicates import find_near_duplicates
+        find_near_duplicates(ds, "bench_dups", embeddings_field=FIELD, overwrite=True, **OURS_DUPLICATES)
+    elif stage == "outliers":
+        from fo_plugin.outliers import find_outliers
+        find_outliers(ds, "bench_outliers", embeddings_field=FIELD, image_stats=False, overwrite=True)
+    elif stage == "clcore":
+        from fo_plugin.clcore import compute_clcore
+        compute_clcore(ds, "bench_clcore", embeddings_run=None, embeddings_field=FIELD, num_classes=50,
+                       overwrite=True)
+    elif stage == "brain_dups":
+        import fiftyone.brain as fob
+        index = fob.compute_near_duplicates(ds, embeddings=FIELD)
+    elif stage == "brain_uniqueness":
+        import fiftyone.brain as fob
+        fob.compute_uniqueness(ds, uniqueness_field="bench_uniqueness", embeddings=FIELD)
+    else:
+        raise ValueError(stage)
+    out = {"stage": stage, "n": n, "seconds": time.perf_counter() - t, "peak_gb": _peak_gb()}
+    truth = np.load(os.path.join(TRUTH_DIR, f"{dataset_name(n, seed)}.npz"))
+    ids, copy_of, is_out = truth["ids"], truth["copy_of"], truth["is_out"]
+    if stage == "dups":
+        out["recall"] = _pair_recall(ids, copy_of, dict(zip(*ds.values(["id", "bench_dups_group"]))))
+    elif stage == "brain_dups":
+        group = {}
+        for g, (key, dups) in enumerate(index.neighbors_map.items()):
+            group[key] = g
+            group.update({d: g for d, _ in dups})
+        out["recall"] = _pair_recall(ids, copy_of, group)
+    elif stage == "outliers":
+        score = dict(zip(*ds.values(["id", "bench_outliers_score"])))
+        out["recall"], out["recall_2pct"] = _top_recall(ids, is_out, score), _top_recall(ids, is_out, score, 4)
+    elif stage == "brain_uniqueness":
+        score = dict(zip(*ds.values(["id", "bench_uniqueness"])))
+        out["recall"], out["recall_2pct"] = _top_recall(ids, is_out, score), _top_recall(ids, is_out, score, 4)
+    return out
+
+
+def run_stage(stage: str, n: int, seed: int, timeout: float) -> dict:
+    """``stage`` in a fresh subprocess (niced); a timeout or failure is reported, not raised."""
+    cmd = ["nice", "-n", "5", sys.executable, os.path.abspath(__file__), "--child", stage, "--sizes", str(n),
+           "--seed", str(seed)]
+    try:
+        p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=os.path.dirname(__file__))
+    except subprocess.TimeoutExpired:
+        return {"stage": stage, "n": n, "failed": f"over {timeout:.0f} s"}
+    lines = [ln for ln in p.stdout.splitlines() if ln.startswith("{")]
+    if p.returncode != 0 or not lines:
+        err = (p.stderr.strip().splitlines() or ["no output"])[-1]
+        return {"stage": stage, "n": n, "failed": f"exit {p.returncode}: {err[:120]}"}
+    return json.loads(lines[-1])
+
+
+def report(results: list[dict]) -> None:
+    """One markdown table: each of our stages, Brain's counterpart, the ratios."""
+    by = {(r["stage"], r["n"]): r for r in results}
+
+    def cell(r):
+        if r is None:
+            return "-"
+        if "failed" in r:
+            return f"failed ({r['failed']})"
+        rec = f", recall {r['recall']:.3f}" if "recall" in r else ""
+        rec += f" (top 2%: {r['recall_2pct']:.3f})" if "recall_2pct" in r else ""
+        return f"{r['seconds']:.1f} s, {r['peak_gb']:.2f} GB{rec}"
+
+    print("\n| N | stage | ours | FiftyOne Brain | Brain time / ours | our memory / Brain's |")
+    print("|---|---|---|---|---|---|")
+    for n in sorted({r["n"] for r in results}):
+        for stage, (tool, other) in STAGES.items():
+            if tool != "ours" or (stage, n) not in by:
+                continue
+            ours, brain = by[(stage, n)], by.get((other, n)) if other else None
+            ok = brain is not None and "failed" not in brain and "failed" not in ours
+            speed = f"{brain['seconds'] / ours['seconds']:.2f}x" if ok else "-"
+            mem = f"{ours['peak_gb'] / brain['peak_gb']:.2f}" if ok else "-"
+            name = {"dups": "near-duplicates", "outliers": "outliers / uniqueness", "clcore": "CL-Core (50 classes)"}
+            print(f"| {n:,} | {name[stage]} | {cell(ours)} | {cell(brain)} | {speed} | {mem} |")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--sizes", type=int, nargs="+", default=[10_000, 50_000], help="N values (10000 to 1000000)")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--stages", default=",".join(STAGES), help=f"comma-separated subset of {','.join(STAGES)}")
+    ap.add_argument("--timeout", type=float, default=1800, help="seconds allowed to one stage (ours or Brain's)")
+    ap.add_argument("--child", help=argparse.SUPPRESS)
+    args, _ = ap.parse_known_args()
+    sizes = args.sizes
+    if args.child:
+        print(json.dumps(child(args.child, sizes[0], args.seed)), flush=True)
+        return
+    results = []
+    for n in sizes:
+        make_dataset(n, args.seed)
+        for stage in args.stages.split(","):
+            r = run_stage(stage, n, args.seed, args.timeout)
+            print(json.dumps(r), file=sys.stderr, flush=True)
+            results.append(r)
+    report(results)
+
+
+if __name__ == "__main__":
+    main()
