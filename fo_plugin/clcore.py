@@ -6,7 +6,6 @@ See :mod:`fo_plugin.core.clcore` for the method (Joshi & Mirzasoleiman, ICML 202
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 
 import fiftyone as fo
 import numpy as np
@@ -20,13 +19,10 @@ from .core.device import resolve_device
 from .core.embed import embed_array
 from .core.kmeans import estimate_k, kmeans
 from .features import canonical, categorical_values, field_vectors, load_run_model, project_views
+from .progress import ProgressArg, reporter
 
 METHOD = runs.METHOD_PREFIX + "clcore"
 LATENT = ("kmeans", "label_field", "clip_zero_shot")
-
-
-def _noop(_f: float, _label: str) -> None:
-    pass
 
 
 def fields_for(run_key: str, mode: str) -> dict[str, str]:
@@ -75,7 +71,7 @@ def compute_clcore(
     tile: int = 2048,
     device: str = "auto",
     overwrite: bool = False,
-    progress: Callable[[float, str], None] | None = None,
+    progress: ProgressArg = None,
 ) -> dict:
     """Score ``samples`` by expected augmentation similarity within latent classes and keep a budgeted subset.
 
@@ -102,7 +98,6 @@ def compute_clcore(
     Returns:
         a summary dict.
     """
-    progress = progress or _noop
     dataset = samples._dataset
     runs.validate_name(run_key, "run key")
     params.choice("mode", mode, MODES)
@@ -150,7 +145,7 @@ def compute_clcore(
     run = runs.Run(samples, run_key, "clcore", {k: (v, types[k], {}) for k, v in names.items()}, config,
                    fingerprint_parts=({k: v for k, v in config.items() if k != "device"}, source_id, ids),
                    overwrite=overwrite, minimum=2, what="CL-Core")
-    with run:
+    with run, reporter(progress, "CL-Core") as progress:
         t0 = time.perf_counter()
         keys = rng.sample_keys(ids)
         errors: dict[str, str] = {}

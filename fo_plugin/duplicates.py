@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable
 
 import fiftyone as fo
 import numpy as np
@@ -18,6 +17,7 @@ from .core.duplicates import DUPLICATE_THRESHOLD, aligned_pair_scores, embedding
 from .core.hashing import array_hash, file_hash, hash_groups, pixel_hash
 from .core.splits import leaky_fractions, leaky_groups
 from .features import DecodedImages, canonical, field_vectors
+from .progress import ProgressArg, reporter
 
 METHOD = runs.METHOD_PREFIX + "near_duplicates"
 POLICIES = ("clcore", "influence", "largest_file", "first")
@@ -103,7 +103,7 @@ def find_near_duplicates(
     keep: str = "first",
     clcore_run: str = "clcore",
     overwrite: bool = False,
-    progress: Callable[[float, str], None] | None = None,
+    progress: ProgressArg = None,
 ) -> dict:
     """Group near-duplicates and flag one representative per group.
 
@@ -137,7 +137,6 @@ def find_near_duplicates(
         a summary dict; the pairs and their evidence (``cosine``, ``score``, ``aligned``, ``layout``, ``detail``,
         ``patch``, ``influence``) are in the run results.
     """
-    progress = progress or (lambda f, s: None)
     dataset = samples._dataset
     runs.validate_name(run_key, "run key")
     params.choice("keep", keep, POLICIES)
@@ -163,7 +162,7 @@ def find_near_duplicates(
               "split": source}
     run = runs.Run(samples, run_key, "near_duplicates", {k_: (v, types[k_], {}) for k_, v in names.items()},
                    config, overwrite=overwrite, minimum=2, what="near-duplicate search")
-    with run:
+    with run, reporter(progress, "near-duplicates") as progress:
         t0 = time.perf_counter()
         ids, paths = canonical(samples)
         same_bytes = hash_groups([file_hash(p) if os.path.isfile(p) else None for p in paths])

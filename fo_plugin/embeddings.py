@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Callable
 from dataclasses import asdict
 
 import fiftyone as fo
@@ -33,16 +32,12 @@ from .core.models import ProxyConfig, save_proxy
 from .core.train import TrainConfig, train_proxy
 from .core.vectors import valid_rows
 from .features import DecodedImages, canonical, field_vectors
+from .progress import Progress, ProgressArg, reporter
 
 METHOD = runs.METHOD_PREFIX + "ssl_embeddings"
 BACKBONES = ("proxy", "open_clip", "torchvision", "torchscript")
 TRAIN_STATE = "train_state.pt"  # per-epoch training state in the run's artifact folder (resumable training)
 SIMILARITY_SUFFIX, MAP_SUFFIX = "_sim", "_map"  # Brain keys of a run's similarity index and embeddings map
-Progress = Callable[[float, str], None]
-
-
-def _noop(_f: float, _label: str) -> None:
-    pass
 
 
 def compute_ssl_embeddings(
@@ -68,7 +63,7 @@ def compute_ssl_embeddings(
     similarity_index: bool = True,
     embeddings_map: bool = True,
     map_method: str = "auto",
-    progress: Progress | None = None,
+    progress: ProgressArg = None,
 ) -> dict:
     """Compute SSL embeddings for ``samples`` and store them in ``embeddings_field``.
 
@@ -96,12 +91,12 @@ def compute_ssl_embeddings(
         embeddings_map (True): register a 2-D map of the embeddings as Brain key ``<run_key>_map`` for the App's
             Embeddings panel (:func:`fo_plugin.core.embedding_map.embedding_map`: fitted on at most 50,000 samples).
         map_method ("auto"): ``"umap"`` (needs ``umap-learn``), ``"pca"``, or ``"auto"`` (UMAP where importable).
-        progress (None): ``callback(fraction, label)``.
+        progress (None): True or False for a progress bar (None: FiftyOne's ``show_progress_bars``), or a
+            ``callback(fraction, label)`` (what the operators pass).
 
     Returns:
         a summary dict (counts, timings, checkpoint, run key).
     """
-    progress = progress or _noop
     dataset = samples._dataset
     run_key = runs.validate_name(run_key or embeddings_field, "run key")
     runs.validate_name(embeddings_field, "embeddings_field")
@@ -153,7 +148,7 @@ def compute_ssl_embeddings(
         run.brain_run(brain_keys["map_brain_key"],
                       lambda: _timed(timings, "map_s", progress, f"computing the embeddings map ({map_method})",
                                      register_map, samples, embeddings_field, run_key + MAP_SUFFIX, map_method, seed))
-    with run:
+    with run, reporter(progress, "SSL embeddings") as progress:
         ckpt_path, trained, history = checkpoint, False, []
         if training:
             ckpt_path = os.path.join(run.artifacts, "proxy.pt")

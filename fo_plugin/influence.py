@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable
 
 import fiftyone as fo
 import numpy as np
@@ -32,13 +31,10 @@ from .core.influence import (
     tracked_parameters,
 )
 from .features import DecodedImages, canonical, load_run_model
+from .progress import ProgressArg, reporter
 
 METHOD = runs.METHOD_PREFIX + "ssl_influence"
 QUERY_METHOD = runs.METHOD_PREFIX + "influence_query"
-
-
-def _noop(_f: float, _label: str) -> None:
-    pass
 
 
 def influence_fields(run_key: str) -> dict[str, str]:
@@ -74,7 +70,7 @@ def compute_ssl_influence(
     batch_size: int = 64,
     device: str = "auto",
     overwrite: bool = False,
-    progress: Callable[[float, str], None] | None = None,
+    progress: ProgressArg = None,
 ) -> dict:
     """Label-free self-influence of every sample on the SSL model of an embeddings run.
 
@@ -94,7 +90,6 @@ def compute_ssl_influence(
     Returns:
         a summary dict; the top duplicate pairs are in the run results (``pairs``).
     """
-    progress = progress or _noop
     dataset = samples._dataset
     runs.validate_name(run_key, "run key")
     params.choice("curvature", curvature, CURVATURES)
@@ -114,7 +109,7 @@ def compute_ssl_influence(
     run = runs.Run(samples, run_key, "ssl_influence", {k: (v, FIELD_TYPES[k], {}) for k, v in names.items()},
                    {**settings, "device": str(dev)}, fingerprint_parts=(settings, ecfg.get("fingerprint"), ids),
                    overwrite=overwrite, minimum=2, what="influence")
-    with run:
+    with run, reporter(progress, "self-influence") as progress:
         net, aug = load_run_model(dataset, embeddings_run, dev)
         cfg = InfluenceConfig(num_augs=num_augs, output=output, curvature=curvature, damping=damping, seed=seed,
                               augment=aug)
@@ -243,7 +238,7 @@ def find_influential_training_samples(
     batch_size: int = 64,
     device: str = "auto",
     overwrite: bool = False,
-    progress: Callable[[float, str], None] | None = None,
+    progress: ProgressArg = None,
 ) -> dict:
     """"What shaped this image": the training samples with the largest influence on the query samples' loss.
 
@@ -261,7 +256,6 @@ def find_influential_training_samples(
             streamed over the training set) or ``"projected"`` (diagonal / identity: dot products of the gradient
             sketches kept with the influence run; fast for large data, approximate).
     """
-    progress = progress or _noop
     dataset = samples._dataset
     runs.validate_name(run_key, "run key")
     if not query_ids:
@@ -285,7 +279,7 @@ def find_influential_training_samples(
     run = runs.Run(samples, run_key, "influence_query", {"influence": (field, fo.FloatField, {})}, config,
                    fingerprint_parts=(config, icfg.get("fingerprint"), samples.values("id")), overwrite=overwrite,
                    what="train-to-sample influence")
-    with run:
+    with run, reporter(progress, "influential training samples") as progress:
         net, _ = load_run_model(dataset, icfg["embeddings_run"], dev)
         f = SSLOutput(net, cfg.output).eval()
         rdir = icfg["artifacts"]

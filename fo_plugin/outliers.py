@@ -5,7 +5,6 @@ threshold, a tag, a saved view and a histogram."""
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 
 import fiftyone as fo
 import numpy as np
@@ -15,6 +14,7 @@ from fiftyone import ViewField as F
 from . import params, runs
 from .core.outliers import SCALES, WEIGHTS, outlier_scores
 from .features import canonical, field_vectors, image_statistics
+from .progress import ProgressArg, reporter
 
 METHOD = runs.METHOD_PREFIX + "outliers"
 
@@ -45,7 +45,7 @@ def find_outliers(
     fraction: float | None = None,
     threshold: float | None = None,
     overwrite: bool = False,
-    progress: Callable[[float, str], None] | None = None,
+    progress: ProgressArg = None,
 ) -> dict:
     """Score every sample by how far it is from the rest of the data and flag the most unusual.
 
@@ -71,7 +71,6 @@ def find_outliers(
         fraction (None): flag this top fraction (0.02 when no threshold is given); or ``threshold``: flag scores
             >= threshold.
     """
-    progress = progress or (lambda f, s: None)
     dataset = samples._dataset
     runs.validate_name(run_key, "run key")
     if fraction is not None and threshold is not None:
@@ -99,7 +98,7 @@ def find_outliers(
               "influence_run": influence_run, "fraction": fraction, "threshold": threshold}
     run = runs.Run(samples, run_key, "outliers", {k: (v, FIELD_TYPES[k], {}) for k, v in names.items()}, config,
                    overwrite=overwrite, minimum=3, what="outlier scores")
-    with run:
+    with run, reporter(progress, "outliers") as progress:
         t0 = time.perf_counter()
         ids, paths = canonical(samples)
         rejected: dict[str, str] = {}

@@ -5,7 +5,6 @@ a tag per flag, a saved view of every flagged image and the counts."""
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 
 import fiftyone as fo
 from fiftyone import ViewField as F
@@ -13,6 +12,7 @@ from fiftyone import ViewField as F
 from . import params, runs
 from .core.quality import THRESHOLDS, quality_flags
 from .features import canonical, image_statistics
+from .progress import ProgressArg, reporter
 
 METHOD = runs.METHOD_PREFIX + "quality"
 FLAGS = tuple(THRESHOLDS)
@@ -29,7 +29,7 @@ def tag_for(run_key: str, flag: str) -> str:
 
 def find_quality_issues(samples: fo.core.collections.SampleCollection, run_key: str = "quality", *,
                         thresholds: dict[str, float] | None = None, overwrite: bool = False,
-                        progress: Callable[[float, str], None] | None = None) -> dict:
+                        progress: ProgressArg = None) -> dict:
     """Flag images that are too dark, too bright, blurry, low in information, grayscale, or of an odd aspect
     ratio or size.
 
@@ -43,7 +43,6 @@ def find_quality_issues(samples: fo.core.collections.SampleCollection, run_key: 
     Returns:
         a summary with ``counts`` (flag -> number of samples flagged) and the thresholds used.
     """
-    progress = progress or (lambda f, s: None)
     runs.validate_name(run_key, "run key")
     thresholds = dict(thresholds or {})
     for k, v in thresholds.items():
@@ -55,7 +54,7 @@ def find_quality_issues(samples: fo.core.collections.SampleCollection, run_key: 
     kwargs = {"issues": {"subfield": fo.StringField}}
     run = runs.Run(samples, run_key, "quality", {k: (v, types[k], kwargs.get(k, {})) for k, v in names.items()},
                    {"thresholds": used}, overwrite=overwrite, what="image quality flags")
-    with run:
+    with run, reporter(progress, "quality flags") as progress:
         t0 = time.perf_counter()
         ids, paths = canonical(samples)
         stats, ok, errors = image_statistics(paths, sizes=True, progress=lambda f, s: progress(0.9 * f, s))
