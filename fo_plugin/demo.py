@@ -26,7 +26,16 @@ def run_operator(name: str, dataset: str, params: dict) -> dict:
     res = foo.execute_operator(uri, ctx={"dataset": dataset, "params": {"view_target": "DATASET", **params}})
     if res.error:
         raise SystemExit(f"{uri} failed: {res.error}")
-    return res.result
+    return shown_outputs(res)
+
+
+def shown_outputs(res) -> dict | None:
+    """An operator execution's outputs as the App shows them: a plain operator's result, or what a generator
+    operator showed with ``show_output`` (FiftyOne runs a generator to its end when it is executed from Python)."""
+    if res.result is not None or res.executor is None:
+        return res.result
+    shown = [r["params"]["results"] for r in res.executor.to_json()["requests"] if r["operator_uri"] == "show_output"]
+    return shown[-1] if shown else None
 
 
 def main(argv=None) -> None:

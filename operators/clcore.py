@@ -14,7 +14,6 @@ from .common import (
     operator_config,
     positive_int,
     radio,
-    reload_app,
     run_choice,
 )
 
@@ -69,8 +68,7 @@ class ComputeCLCore(CurationOperator):
         add_device_and_delegate(inputs, ctx)
         return types.Property(inputs, view=types.View(label="CL-Core (SAS) subset"))
 
-    def execute(self, ctx):
-        self.check_params(ctx)
+    def run(self, ctx, progress):
         from fo_plugin import compute_clcore
 
         p = ctx.params
@@ -90,9 +88,8 @@ class ComputeCLCore(CurationOperator):
             budget=int(budget) if isinstance(budget, float) and budget > 1 and budget.is_integer() else budget,
             mode=p.get("mode", "released"),
             device=p.get("device", "auto"),
-            progress=self.progress(ctx),
+            progress=progress,
         )
-        reload_app(ctx)
         return summary
 
     def resolve_output(self, ctx):

@@ -8,9 +8,11 @@ from fiftyone.operators import types
 
 
 def operator_config(name: str, label: str, description: str) -> foo.OperatorConfig:
-    """Every operator here: a dynamic form, immediate or delegated execution."""
+    """Every stage operator here: a dynamic form, immediate or delegated execution, and a generator, so that an
+    immediate run streams its progress to the App (see :meth:`CurationOperator.execute`)."""
     return foo.OperatorConfig(name=name, label=label, description=description, dynamic=True,
-                              allow_immediate_execution=True, allow_delegated_execution=True)
+                              execute_as_generator=True, allow_immediate_execution=True,
+                              allow_delegated_execution=True)
 
 
 class CurationOperator(foo.Operator):
@@ -32,12 +34,70 @@ class CurationOperator(foo.Operator):
         # None (not False) so that a request_delegation from the caller still wins
         return True if ctx.params.get("delegate", False) else None
 
+    def run(self, ctx, progress) -> dict:
+        """The stage: call the library with ``progress`` (a ``callback(fraction, label)``) and return the outputs."""
+        raise NotImplementedError
+
+    def after(self, ctx, out: dict) -> list:
+        """What the App does once an immediate run ends: reload the dataset (new fields, views and runs) and
+        refresh the open curation panels."""
+        from .panel import refresh_open_panels
+
+        return [ctx.trigger("reload_dataset"), *refresh_open_panels(ctx)]
+
+    def execute(self, ctx):
+        """Delegated: run the stage here, its progress stored by FiftyOne for the runs list. Immediate: a generator
+        (``execute_as_generator``) that streams the stage's progress to the App, then shows its outputs."""
+        self.check_params(ctx)
+        if ctx.delegated:
+            return self.run(ctx, self.delegated_progress(ctx))
+        return self._stream(ctx)
+
+    def _stream(self, ctx):
+        out = yield from stream_progress(ctx, lambda progress: self.run(ctx, progress))
+        yield ctx.ops.show_output(self.resolve_output(ctx).to_json(), out)
+        yield from self.after(ctx, out)
+
     @staticmethod
-    def progress(ctx):
+    def delegated_progress(ctx):
         def report(fraction: float, label: str) -> None:
             ctx.set_progress(progress=min(max(fraction, 0.0), 1.0), label=label)
 
         return report
+
+
+def stream_progress(ctx, work):
+    """Run ``work(progress)`` in a worker thread and yield its progress to the App as it comes (FiftyOne sends
+    what a generator operator yields as soon as it is yielded); return its result, or raise its exception. Reports
+    that arrive faster than they are sent are merged into the latest."""
+    import queue
+    import threading
+
+    updates: queue.Queue = queue.Queue()
+    done = object()
+    box: dict = {}
+
+    def target() -> None:
+        try:
+            box["out"] = work(lambda fraction, label: updates.put((fraction, label)))
+        except BaseException as e:  # re-raised in the generator, where FiftyOne reports it
+            box["error"] = e
+        finally:
+            updates.put(done)
+
+    threading.Thread(target=target, name="ssl-curation-stage", daemon=True).start()
+    while (item := updates.get()) is not done:
+        while not updates.empty():  # a backlog: send only its latest report
+            nxt = updates.get()
+            if nxt is done:
+                updates.put(done)
+                break
+            item = nxt
+        fraction, label = item
+        yield ctx.ops.set_progress(label=label, progress=min(max(float(fraction), 0.0), 1.0))
+    if "error" in box:
+        raise box["error"]
+    return box["out"]
 
 
 def add_target(ctx, inputs: types.Object) -> None:
@@ -106,12 +166,6 @@ def _check(prop, check) -> None:
     except ValueError as e:
         prop.invalid = True
         prop.error_message = str(e)
-
-
-def reload_app(ctx) -> None:
-    """Reload the App after fields changed (immediate mode only)."""
-    if not ctx.delegated:
-        ctx.trigger("reload_dataset")
 
 
 def radio(inputs: types.Object, name: str, choices: dict[str, str], label: str, default: str | None = None,

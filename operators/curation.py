@@ -13,7 +13,6 @@ from .common import (
     categorical_fields,
     dropdown,
     operator_config,
-    reload_app,
     vector_fields,
 )
 
@@ -62,8 +61,7 @@ class FindNearDuplicates(CurationOperator):
         add_run_key(ctx, inputs, "dups", lambda k: duplicate_fields(k).values())
         return types.Property(inputs, view=types.View(label="Find near-duplicates"))
 
-    def execute(self, ctx):
-        self.check_params(ctx)
+    def run(self, ctx, progress):
         from fo_plugin import find_near_duplicates
         from fo_plugin.core.duplicates import DUPLICATE_THRESHOLD
 
@@ -73,8 +71,7 @@ class FindNearDuplicates(CurationOperator):
             threshold=p.get("threshold", 0.8),
             verify_threshold=p.get("verify_threshold", DUPLICATE_THRESHOLD) if p.get("pixel_check", True) else None,
             influence_run=p.get("influence_run") or None, keep=p.get("keep", "first"),
-            split=None if p.get("split", "auto") == "auto" else p["split"], progress=self.progress(ctx))
-        reload_app(ctx)
+            split=None if p.get("split", "auto") == "auto" else p["split"], progress=progress)
         return out
 
     def resolve_output(self, ctx):
@@ -109,8 +106,7 @@ class FindQualityIssues(CurationOperator):
         add_run_key(ctx, inputs, "quality", lambda k: quality_fields(k).values())
         return types.Property(inputs, view=types.View(label="Find image quality issues"))
 
-    def execute(self, ctx):
-        self.check_params(ctx)
+    def run(self, ctx, progress):
         from fo_plugin import find_quality_issues
         from fo_plugin.core.quality import THRESHOLDS
 
@@ -118,8 +114,7 @@ class FindQualityIssues(CurationOperator):
         out = find_quality_issues(ctx.target_view(), p.get("run_key") or "quality",
                                   thresholds={f: p[f"threshold_{f}"] for f in THRESHOLDS
                                               if p.get(f"threshold_{f}") is not None},
-                                  progress=self.progress(ctx))
-        reload_app(ctx)
+                                  progress=progress)
         out["counts_table"] = [{"flag": f, "samples": n, "threshold": out["thresholds"][f]}
                                for f, n in out["counts"].items()]
         return out
@@ -160,8 +155,7 @@ class FindOutliers(CurationOperator):
         add_run_key(ctx, inputs, "outliers", lambda k: outlier_fields(k).values())
         return types.Property(inputs, view=types.View(label="Find outliers"))
 
-    def execute(self, ctx):
-        self.check_params(ctx)
+    def run(self, ctx, progress):
         from fo_plugin import find_outliers
 
         p = ctx.params
@@ -169,8 +163,7 @@ class FindOutliers(CurationOperator):
                             embeddings_field=p.get("embeddings_field", "ssl_embedding"),
                             fraction=p.get("fraction", 0.02), influence_run=p.get("influence_run") or None,
                             image_stats=p.get("image_stats", True),
-                            progress=self.progress(ctx))
-        reload_app(ctx)
+                            progress=progress)
         h = out["histogram"]
         centres = [(a + b) / 2 for a, b in zip(h["edges"][:-1], h["edges"][1:])]
         out["histogram_plot"] = [{"type": "bar", "x": centres, "y": h["counts"], "name": "samples"}]
@@ -203,8 +196,7 @@ class AuditSubgroups(CurationOperator):
         inputs.str("run_key", default="audit", label="Run key")
         return types.Property(inputs, view=types.View(label="Subgroup audit"))
 
-    def execute(self, ctx):
-        self.check_params(ctx)
+    def run(self, ctx, progress):
         from fo_plugin import audit_subgroups
 
         p = ctx.params
@@ -280,8 +272,7 @@ class ExportCurated(CurationOperator):
             prop.error_message = f"Dataset {p['name']!r} already exists: choose a new name"
         return types.Property(inputs, view=types.View(label="Export curated subset"))
 
-    def execute(self, ctx):
-        self.check_params(ctx)
+    def run(self, ctx, progress):
         from fo_plugin import export_curated
 
         p = ctx.params

@@ -11,7 +11,6 @@ from .common import (
     add_target,
     operator_config,
     positive_int,
-    reload_app,
 )
 
 BACKBONES = {
@@ -59,8 +58,7 @@ class ComputeSSLEmbeddings(CurationOperator):
         add_device_and_delegate(inputs, ctx)
         return types.Property(inputs, view=types.View(label="Compute SSL embeddings"))
 
-    def execute(self, ctx):
-        self.check_params(ctx)
+    def run(self, ctx, progress):
         from fo_plugin import compute_ssl_embeddings
 
         p = ctx.params
@@ -77,9 +75,8 @@ class ComputeSSLEmbeddings(CurationOperator):
             similarity_index=bool(p.get("similarity_index", True)),
             embeddings_map=bool(p.get("embeddings_map", True)),
             device=p.get("device", "auto"),
-            progress=self.progress(ctx),
+            progress=progress,
         )
-        reload_app(ctx)
         return {k: v for k, v in summary.items() if k != "train_history"}
 
     def resolve_output(self, ctx):

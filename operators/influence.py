@@ -12,7 +12,6 @@ from .common import (
     operator_config,
     positive_int,
     radio,
-    reload_app,
     run_choice,
 )
 
@@ -42,8 +41,7 @@ class ComputeSSLInfluence(CurationOperator):
         add_device_and_delegate(inputs, ctx)
         return types.Property(inputs, view=types.View(label="Label-free SSL influence"))
 
-    def execute(self, ctx):
-        self.check_params(ctx)
+    def run(self, ctx, progress):
         from fo_plugin import compute_ssl_influence
 
         p = ctx.params
@@ -51,8 +49,7 @@ class ComputeSSLInfluence(CurationOperator):
             ctx.target_view(), p.get("run_key") or "influence",
             embeddings_run=p.get("embeddings_run", "ssl_embedding"), curvature=p.get("curvature", "ekfac"),
             num_augs=p.get("num_augs", 4), output=p.get("output", "projection"),
-            batch_size=p.get("batch_size", 64), device=p.get("device", "auto"), progress=self.progress(ctx))
-        reload_app(ctx)
+            batch_size=p.get("batch_size", 64), device=p.get("device", "auto"), progress=progress)
         return out
 
     def resolve_output(self, ctx):
@@ -88,18 +85,18 @@ class FindInfluentialTrainingSamples(CurationOperator):
         add_device_and_delegate(inputs, ctx)
         return types.Property(inputs, view=types.View(label="What shaped this image?"))
 
-    def execute(self, ctx):
-        self.check_params(ctx)
+    def run(self, ctx, progress):
         from fo_plugin import find_influential_training_samples
 
         p = ctx.params
         out = find_influential_training_samples(
             ctx.dataset, list(ctx.selected), p.get("influence_run", "influence"), p.get("run_key") or "shaped",
             k=p.get("k", 20), method=p.get("method", "exact"), device=p.get("device", "auto"),
-            progress=self.progress(ctx))
-        if not ctx.delegated:
-            ctx.ops.set_view(name=out["saved_views"][0])
+            progress=progress)
         return out
+
+    def after(self, ctx, out):
+        return [ctx.ops.set_view(name=out["saved_views"][0])]  # show what shaped the selected images
 
     def resolve_output(self, ctx):
         outputs = types.Object()

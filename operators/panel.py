@@ -7,17 +7,37 @@ import fiftyone.operators as foo
 from fiftyone.operators import types
 
 PLUGIN = "@fo-ssl/ssl-curation"
+PANEL = "ssl_curation_panel"
+_STORE, _OPEN = "ssl_curation_panels", "open_panel_ids"  # the dataset's open curation panels (an execution store)
+_OPEN_TTL = 7 * 24 * 3600  # a panel whose tab closed without unloading is forgotten after a week
+
+
+def refresh_open_panels(ctx) -> list:
+    """Triggers that make each open curation panel of this dataset re-read the runs: a finished run shows at
+    once (``refresh`` is the panel's own method, called through FiftyOne's ``<panel>#<method>`` URI)."""
+    return [ctx.trigger(f"{PLUGIN}/{PANEL}#refresh", {"panel_id": pid})
+            for pid in ctx.store(_STORE).get(_OPEN) or []]
+
+
+def _remember(ctx, is_open: bool) -> None:
+    store = ctx.store(_STORE)
+    ids = [i for i in store.get(_OPEN) or [] if i != ctx.panel_id]
+    store.set(_OPEN, ids + [ctx.panel_id] if is_open else ids, ttl=_OPEN_TTL)
 
 
 class CurationPanel(foo.Panel):
     @property
     def config(self):
-        return foo.PanelConfig(name="ssl_curation_panel", label="SSL curation", surfaces="grid",
+        return foo.PanelConfig(name=PANEL, label="SSL curation", surfaces="grid",
                                help_markdown="Runs of the SSL-curation plugin, their counts, score histograms, "
                                              "saved views and the export plan.")
 
     def on_load(self, ctx):
+        _remember(ctx, True)
         self._refresh(ctx)
+
+    def on_unload(self, ctx):
+        _remember(ctx, False)
 
     def on_change_dataset(self, ctx):
         self._refresh(ctx)

@@ -34,10 +34,14 @@ def run_op(name, dataset, params, **ctx):
     import fiftyone.operators as foo
     from fiftyone.operators.executor import ExecutionError
 
+    from fo_plugin.demo import shown_outputs
+
     try:
-        return foo.execute_operator(f"{PLUGIN}/{name}", ctx={"dataset": dataset.name, "params": params, **ctx})
+        res = foo.execute_operator(f"{PLUGIN}/{name}", ctx={"dataset": dataset.name, "params": params, **ctx})
     except ExecutionError as e:  # validation (form) errors are raised rather than returned
         return types.SimpleNamespace(error=str(e), result=None)
+    res.result = shown_outputs(res)  # a generator operator's outputs are what it showed in the App
+    return res
 
 
 @pytest.fixture(scope="session")

@@ -9,7 +9,8 @@ pause: where the worker stops and waits to be killed, so the kill always lands a
                      written: e.g. the first chunk of embeddings staged);
   ``epoch:E``     -- inside proxy training, at the second batch of epoch E (0-based): the state file holds the
                      epochs before E and one optimiser step of epoch E is only in memory;
-  ``commit``      -- inside the commit, after the first staged field was renamed into place.
+  ``commit``      -- inside the commit, after the previous fields were deleted and before the staged ones are
+                     renamed into place.
 Every progress report is appended to the signal file as ``progress <fraction> <label>``; the pause writes
 ``paused <what>`` and then sleeps until the test kills the process. If the stage ends it writes ``finished``.
 """
@@ -46,14 +47,13 @@ def main() -> None:
     if kind == "commit":
         import fiftyone as fo
 
-        real_rename = fo.Dataset.rename_sample_field
+        real_rename = fo.Dataset.rename_sample_fields
 
-        def rename(self, *args, **kw):  # the commit swaps staged fields in one rename at a time
-            out = real_rename(self, *args, **kw)
-            wait_for_kill(f"commit after renaming {args[0]!r}")
-            return out
+        def rename(self, mapping, *args, **kw):  # the commit has deleted the previous fields and renames the staged
+            wait_for_kill(f"commit before renaming {sorted(mapping)}")  # ones in one pass: neither is in place
+            return real_rename(self, mapping, *args, **kw)
 
-        fo.Dataset.rename_sample_field = rename
+        fo.Dataset.rename_sample_fields = rename
 
     if kind == "epoch":
         import fo_plugin.core.train as train

@@ -63,8 +63,9 @@ def test_app_lists_our_operators_renders_a_form_and_the_curation_panel(app_serve
     os.makedirs(ARTIFACTS, exist_ok=True)
     with tempfile.TemporaryDirectory() as profile:
         out = subprocess.run(["node", os.path.join(APP_DIR, "drive_app.js"), f"{url}/datasets/{ds.name}", ARTIFACTS,
-                              "SSL curation: find outliers", profile],
-                             cwd=APP_DIR, capture_output=True, text=True, timeout=240)
+                              "SSL curation: find outliers", profile, "SSL curation: find image quality issues",
+                              "Image quality issues"],
+                             cwd=APP_DIR, capture_output=True, text=True, timeout=420)
     assert out.returncode == 0, out.stderr[-2000:]
     pages = json.loads(out.stdout.strip().splitlines()[-1])
     for label in ("SSL curation: compute SSL embeddings", "SSL curation: CL-Core (SAS) subset",
@@ -85,6 +86,15 @@ def test_app_lists_our_operators_renders_a_form_and_the_curation_panel(app_serve
     name = pages["view"].removeprefix("Open view: ")
     assert pages["countBefore"].startswith(f"{len(ds):,} samples")
     assert pages["countAfter"].startswith(f"{len(ds.load_saved_view(name)):,}"), (pages["countAfter"], name)
+    # an operator executed in the App (a generator: progress streamed) shows its outputs when it ends, and the open
+    # panel lists the new run without a click on Refresh
+    quality = [r for r in workbench.list_overview(ds) if r["key"] == "quality"]
+    assert quality and quality[0]["status"] == "complete", "the quality run executed in the App did not complete"
+    assert "Images with at least one issue" in pages["ran"], pages["ran"][-1500:]
+    header = f"{quality[0]['key']} · {quality[0]['method']} · complete"
+    assert header not in pages["panel"] and header in pages["panelAfterRun"], pages["panelAfterRun"][-1500:]
+    for label, n in workbench.run_counts(ds, "quality").items():
+        assert f"{label}: {n}" in pages["panelAfterRun"], f"{label}: {n} not shown after the run"
     for shot in ("app_grid.png", "app_operator_browser.png", "app_operator_form.png", "app_panel.png",
-                 "app_panel_view.png"):
+                 "app_panel_view.png", "app_operator_output.png", "app_panel_after_run.png"):
         assert os.path.getsize(os.path.join(ARTIFACTS, shot)) > 10_000

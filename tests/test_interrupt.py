@@ -267,8 +267,8 @@ def test_kill_mid_projection_resumes_clcore_from_the_last_completed_chunk(ds, re
 
 
 def test_kill_inside_the_swap_leaves_a_record_readers_refuse_and_the_rerun_repairs_it(ds, ref, tmp_path):
-    """The one window where old and new fields can mix (between two renames of the commit) is recorded as an
-    interrupted commit, so no reader accepts the mix; a re-run gives the uninterrupted fields."""
+    """The one window where a run's fields are neither the old nor the new ones (inside the commit's swap) is
+    recorded as an interrupted commit, so no reader accepts it; a re-run gives the uninterrupted fields."""
     fo_plugin.compute_clcore(small(ds), "cl_e", **{**CLCORE, "num_views": 1, "budget": 0.5, "mode": "greedy"})
     kill_inside(ds, "clcore", {"run_key": "cl_e", "_first": SMALL, **CLCORE}, "commit", tmp_path)
     cfg = fo_plugin.get_run_config(ds, "cl_e")

@@ -1,11 +1,12 @@
 // Opens the FiftyOne App in Debian's headless Chromium, opens the operator browser, lists our operators, opens
 // one operator's form, opens the "SSL curation" panel from the "+" new-panel menu, clicks its first "Open view"
-// button, and saves screenshots. Prints {listed, form, panel, view, countBefore, countAfter} as JSON.
-// usage: node drive_app.js <dataset url> <output dir> <operator label> <user data dir>
+// button; then (optional) executes another operator from its form, waits for its outputs and reads the panel
+// again. Saves screenshots; prints {listed, form, panel, view, countBefore, countAfter, ran, panelAfterRun} as JSON.
+// usage: node drive_app.js <dataset url> <output dir> <operator label> <user data dir> [<run label> <output label>]
 const { chromium } = require('playwright-core');
 
 (async () => {
-  const [url, out, label, userDataDir] = process.argv.slice(2);
+  const [url, out, label, userDataDir, runLabel, outputLabel] = process.argv.slice(2);
   const context = await chromium.launchPersistentContext(userDataDir, {
     executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
     headless: true,
@@ -54,6 +55,28 @@ const { chromium } = require('playwright-core');
   await page.waitForTimeout(5000);
   const countAfter = await count();
   await page.screenshot({ path: `${out}/app_panel_view.png` });
-  console.log(JSON.stringify({ listed, form, panel, view, countBefore, countAfter }));
+  // run an operator from the App (immediate execution, a generator): its outputs are shown when it ends, and the
+  // open panel refreshes by itself
+  let ran = '', panelAfterRun = '';
+  if (runLabel) {
+    await page.keyboard.press('Backquote');
+    await page.waitForTimeout(1500);
+    await page.keyboard.type(runLabel.replace('SSL curation: ', ''));
+    await page.waitForTimeout(1500);
+    await page.getByText(runLabel, { exact: true }).first().click();
+    const execute = page.getByRole('button', { name: 'Execute', exact: true }).first();
+    await execute.waitFor({ timeout: 45000 });
+    await page.waitForTimeout(1500);  // the form resolves its defaults
+    await execute.click();
+    await page.getByText(outputLabel, { exact: true }).first().waitFor({ timeout: 120000 }).catch(() => {});
+    await page.waitForTimeout(1500);
+    ran = await page.evaluate(() => document.body.innerText);
+    await page.screenshot({ path: `${out}/app_operator_output.png` });
+    await page.keyboard.press('Escape');
+    await page.waitForTimeout(6000);  // the panel's refresh, then its render
+    panelAfterRun = await page.evaluate(() => document.body.innerText);
+    await page.screenshot({ path: `${out}/app_panel_after_run.png` });
+  }
+  console.log(JSON.stringify({ listed, form, panel, view, countBefore, countAfter, ran, panelAfterRun }));
   await context.close();
 })().catch((e) => { console.error(e); process.exit(1); });
