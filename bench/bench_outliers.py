@@ -8,8 +8,9 @@ compression gives it away.
 
 Stand-in for the SSL embedding (no trained proxy here): a randomly initialised 4-layer CNN (seeded), global-average
 pooled 128-d features of ImageNet-normalised 32x32 inputs. Families: ``ssl`` (that embedding), ``stats``
-(``core.image_stats``), ``pixels`` (16x16 grayscale); ``combined`` = ``outlier_scores`` at its defaults with
-``ssl`` and ``stats`` (pixels off, the recommended use); ``+pixels`` with all three (max rule) and ``mean2(+px)`` (mean
+(kNN among ``core.image_stats``), ``tails`` (two-sided tails of those statistics), ``pixels`` (16x16 grayscale);
+``combined`` = ``outlier_scores`` at its defaults with ``ssl`` and the image statistics (``stats`` and ``tails``;
+pixels off, the recommended use); ``no_tails``: the same without the tails family (the previous default); ``+pixels`` with all three (max rule) and ``mean2(+px)`` (mean
 of the top two); ``ssl_old``: the previous score (embedding only, no tightness components); baseline: kNN@10 distance on raw 32x32 grayscale pixels. Table: AUROC per kind.
 
     python bench/bench_outliers.py [--n 5000] [--seed 0]
@@ -75,12 +76,14 @@ def evaluate(f: dict, positive: np.ndarray) -> dict[str, float]:
     """AUROC of each family and of the combined scores on one planted set."""
     full = outlier_scores(f["emb"], stats=f["stats"], pixels=f["pixels"])
     two = outlier_scores(f["emb"], stats=f["stats"])
+    no_tails = outlier_scores(f["emb"], stats=f["stats"], tails=False)
     mean2 = outlier_scores(f["emb"], stats=f["stats"], pixels=f["pixels"], combine="mean2")
     old = outlier_scores(f["emb"], tightness=False)
     raw = outlier_scores(None, scales=(10,), pixels=f["raw"], tightness=False)
     return {"ssl_old": auroc(old["score"], positive), "ssl": auroc(full["ssl_score"], positive),
-            "stats": auroc(full["stats_score"], positive), "pixels": auroc(full["pixels_score"], positive),
-            "combined": auroc(two["score"], positive), "+pixels": auroc(full["score"], positive),
+            "stats": auroc(full["stats_score"], positive), "tails": auroc(full["tails_score"], positive),
+            "pixels": auroc(full["pixels_score"], positive), "combined": auroc(two["score"], positive),
+            "no_tails": auroc(no_tails["score"], positive), "+pixels": auroc(full["score"], positive),
             "mean2(+px)": auroc(mean2["score"], positive), "raw_px_knn10": auroc(raw["pixels_knn"], positive)}
 
 

@@ -16,7 +16,7 @@ photos are each other's neighbours but all sit in the tail of ``exact_gray``) an
 ``score`` is the percentile rank of Fisher's combination sum_f w_f * -log(1 - r_f + 1/N) of the family ranks r_f
 (``combine="fisher"``, the default: one extreme family suffices, two high ones add up). Chosen on planted data for
 all kinds at once over "max" and "mean2" (the best worst-kind AUROC; see bench/bench_outliers.py). Each family's term
-is weighted (``WEIGHTS``: the embedding 0.3, the tails 0.5, others 1).
+is weighted (``WEIGHTS``: the embedding 0.3, others 1).
 """
 
 from __future__ import annotations
@@ -41,12 +41,12 @@ COMBINE = "fisher"
 # Fisher weight per family (others 1): the SSL family is down-weighted because an embedding trained on photos can
 # rank a document or a texture as typical, and a full-weight typical rank drags a clear image-statistics outlier
 # down (worst planted kind 0.88 -> 0.92 at N = 1,000 with the random-CNN stand-in; bench/bench_outliers.py). The
-# tails family weighs 0.5, the best worst case over 20 planted settings (three materials x two embeddings, and each
-# kind alone, scattered or grouped, among 600 photos): 0.91 at 0.5, 0.89 at 0.7, 0.87 at 1, 0.82 at 1.5, 0.83
-# without tails. A heavier weight lifts scattered kinds (0.93 -> 0.97 on the operator test's material) but sinks a
-# tight group of photo-like images (crops of one stained-tissue micrograph: 0.91 -> 0.82), which only the kNN
-# tightness components see.
-WEIGHTS = {"ssl": 0.3, "tails": 0.5}
+# tails family weighs 1 like the others. Its weight trades scattered kinds (which the tails find) against tight groups
+# of photo-like images (which only the kNN tightness components see), and the best trade moved with the planted
+# material: worst kind over 22 settings (four materials x two embeddings; each kind alone, scattered or grouped,
+# among 600 photos) 0.87 at 0.5, 0.88 at 0.7 and 1, 0.90 at 1.5 (0.82 without tails) on the varied generators, but
+# 0.91 at 0.5, 0.87 at 1 and 0.82 at 1.5 on the earlier ones, where a group of stained-tissue crops sinks.
+WEIGHTS = {"ssl": 0.3}
 
 
 def percentile_rank(x: np.ndarray) -> np.ndarray:
@@ -173,7 +173,7 @@ def outlier_scores(emb: torch.Tensor | None, scales: tuple[int, ...] = SCALES,
         combine: "fisher" (default): sum over families of w_f * -log(1 - rank + 1/N); "max": the largest re-ranked
             family score; "mean2": the mean of the two largest.
         weights: Fisher weight per family name, for ``combine="fisher"`` (None: ``WEIGHTS``, i.e. ``ssl`` 0.3,
-            ``tails`` 0.5; a family not named weighs 1; ``{}``: all 1).
+            a family not named weighs 1; ``{}``: all 1).
         tails (True): with ``stats``, add the ``tails`` family (False: the previous score).
 
     Returns:
