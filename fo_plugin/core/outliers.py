@@ -43,7 +43,7 @@ COMBINE = "fisher"
 # down (worst planted kind 0.88 -> 0.92 at N = 1,000 with the random-CNN stand-in; bench/bench_outliers.py). The
 # tails family weighs 1 like the others. Its weight trades scattered kinds (which the tails find) against tight groups
 # of photo-like images (which only the kNN tightness components see), and the best trade moved with the planted
-# material: worst kind over 22 settings (four materials x two embeddings; each kind alone, scattered or grouped,
+# material: worst kind over 20-22 settings (3-4 materials x two embeddings; each kind alone, scattered or grouped,
 # among 600 photos) 0.87 at 0.5, 0.88 at 0.7 and 1, 0.90 at 1.5 (0.82 without tails) on the varied generators, but
 # 0.91 at 0.5, 0.87 at 1 and 0.82 at 1.5 on the earlier ones, where a group of stained-tissue crops sinks.
 WEIGHTS = {"ssl": 0.3}
@@ -172,14 +172,15 @@ def outlier_scores(emb: torch.Tensor | None, scales: tuple[int, ...] = SCALES,
             N = 2,000, a 6-epoch proxy).
         combine: "fisher" (default): sum over families of w_f * -log(1 - rank + 1/N); "max": the largest re-ranked
             family score; "mean2": the mean of the two largest.
-        weights: Fisher weight per family name, for ``combine="fisher"`` (None: ``WEIGHTS``, i.e. ``ssl`` 0.3,
+        weights: Fisher weight per family name, for ``combine="fisher"`` (None: ``WEIGHTS``, i.e. ``ssl`` 0.3;
             a family not named weighs 1; ``{}``: all 1).
         tails (True): with ``stats``, add the ``tails`` family (False: the previous score).
 
     Returns:
         For the embedding (unprefixed, as before): ``knn`` (mean cosine distance to the first-scale neighbours),
-        ``kth_<k>``; ``stats_knn``, ``stats_kth_<k>``, ``pixels_...`` likewise; ``<family>_score`` per family (max
-        over scales of percentile ranks; family names ``ssl``, ``stats``, ``pixels`` and the keys of ``extra``);
+        ``kth_<k>``; ``stats_knn``, ``stats_kth_<k>``, ``pixels_...`` likewise; ``tails`` (``tail_scores``);
+        ``<family>_score`` per family (max over scales of percentile ranks; for ``tails`` the rank of ``tails``;
+        family names ``ssl``, ``stats``, ``tails``, ``pixels`` and the keys of ``extra``);
         ``score`` (combined, in [0, 1]); ``scale`` (the family, and k or for ``tails`` the most extreme statistic,
         that gave the largest rank).
         With ``emb`` alone (one family: no re-ranking) and ``tightness=False`` the ``score`` is exactly the previous one (max over scales of the
