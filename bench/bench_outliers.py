@@ -8,11 +8,17 @@ compression gives it away.
 
 Stand-in for the SSL embedding (no trained proxy here): a randomly initialised 4-layer CNN (seeded), global-average
 pooled 128-d features of ImageNet-normalised 32x32 inputs. Families: ``ssl`` (that embedding), ``stats``
-(``core.image_stats``), ``pixels`` (16x16 grayscale); ``combined`` = ``outlier_scores`` at its defaults with
-``ssl`` and ``stats`` (pixels off, the recommended use); ``+pixels`` with all three (max rule) and ``mean2(+px)`` (mean
+(kNN among ``core.image_stats``), ``tails`` (two-sided tails of those statistics), ``pixels`` (16x16 grayscale);
+``combined`` = ``outlier_scores`` at its defaults with ``ssl`` and the image statistics (``stats`` and ``tails``;
+pixels off, the recommended use); ``no_tails``: the same without the tails family (the previous default); ``+pixels`` with all three (max rule) and ``mean2(+px)`` (mean
 of the top two); ``ssl_old``: the previous score (embedding only, no tightness components); baseline: kNN@10 distance on raw 32x32 grayscale pixels. Table: AUROC per kind.
 
-    python bench/bench_outliers.py [--n 5000] [--seed 0]
+``--mixed``: every kind planted at once, as the held-out check and the operator test do (they are then partly each
+other's neighbours): ``--scattered`` of each kind, ``--scattered`` grayscale scenes (documents, textures and
+microscopy converted to gray), 40 scattered digits, and groups of ``--scattered`` digits and micrographs; AUROC of
+each kind against the photos.
+
+    python bench/bench_outliers.py [--n 5000] [--seed 0] [--mixed]
 """
 
 from __future__ import annotations
@@ -75,12 +81,14 @@ def evaluate(f: dict, positive: np.ndarray) -> dict[str, float]:
     """AUROC of each family and of the combined scores on one planted set."""
     full = outlier_scores(f["emb"], stats=f["stats"], pixels=f["pixels"])
     two = outlier_scores(f["emb"], stats=f["stats"])
+    no_tails = outlier_scores(f["emb"], stats=f["stats"], tails=False)
     mean2 = outlier_scores(f["emb"], stats=f["stats"], pixels=f["pixels"], combine="mean2")
     old = outlier_scores(f["emb"], tightness=False)
     raw = outlier_scores(None, scales=(10,), pixels=f["raw"], tightness=False)
     return {"ssl_old": auroc(old["score"], positive), "ssl": auroc(full["ssl_score"], positive),
-            "stats": auroc(full["stats_score"], positive), "pixels": auroc(full["pixels_score"], positive),
-            "combined": auroc(two["score"], positive), "+pixels": auroc(full["score"], positive),
+            "stats": auroc(full["stats_score"], positive), "tails": auroc(full["tails_score"], positive),
+            "pixels": auroc(full["pixels_score"], positive), "combined": auroc(two["score"], positive),
+            "no_tails": auroc(no_tails["score"], positive), "+pixels": auroc(full["score"], positive),
             "mean2(+px)": auroc(mean2["score"], positive), "raw_px_knn10": auroc(raw["pixels_knn"], positive)}
 
 
@@ -90,8 +98,11 @@ def main() -> None:
     ap.add_argument("--scattered", type=int, default=20)
     ap.add_argument("--group", type=int, default=40)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--mixed", action="store_true")
     a = ap.parse_args()
     t0 = time.perf_counter()
+    if a.mixed:
+        return mixed(a, t0)
     pop = features(cifar(a.n, seed=a.seed))
     rows = []
     for kind in KINDS + ("digits",):
@@ -105,6 +116,35 @@ def main() -> None:
     rows += [{"kind": "MEAN", "planted": "", **mean}, {"kind": "MIN", "planted": "", **worst}]
     common.table(rows, f"Outlier AUROC among {a.n} CIFAR-10 train images (stand-in SSL: random CNN), "
                        f"{time.perf_counter() - t0:.0f} s")
+
+
+def gray(images: np.ndarray) -> np.ndarray:
+    """uint8 (N, S, S, 3) -> the same, each pixel its Rec. 601 luminance in all three channels."""
+    y = np.rint(images.astype(np.float64) @ np.array([0.299, 0.587, 0.114])).clip(0, 255).astype(np.uint8)
+    return np.repeat(y[..., None], 3, -1)
+
+
+def mixed(a, t0: float) -> None:
+    s, k = a.seed + 1, a.scattered
+    parts = [(kind, ood_images(kind, k, 32, s)) for kind in KINDS]
+    scenes = np.concatenate([ood_images(kind, k // 3 + 1, 32, s + 1) for kind in ("documents", "textures", "microscopy")])
+    parts += [("gray_scenes", gray(scenes)[:k]), ("digits", ood_images("digits", 40, 32, s)),
+              ("group_digits", ood_group("digits", k, 32, s)), ("group_microscopy", ood_group("microscopy", k, 32, s))]
+    imgs = np.concatenate([cifar(a.n, seed=a.seed)] + [jpeg(v) for _, v in parts])
+    kinds = np.array(["none"] * a.n + [name for name, v in parts for _ in v])
+    f = features(imgs)
+    out = outlier_scores(f["emb"], stats=f["stats"])
+    before = outlier_scores(f["emb"], stats=f["stats"], tails=False)
+    rows = []
+    for name, _ in parts:
+        m = (kinds == "none") | (kinds == name)
+        pos = kinds[m] == name
+        rows.append({"kind": name, "planted": int(pos.sum()), **{c: auroc(out[f"{c}_score"][m], pos) for c in
+                                                                  ("ssl", "stats", "tails")},
+                     "combined": auroc(out["score"][m], pos), "no_tails": auroc(before["score"][m], pos)})
+    rows.append({"kind": "MIN", "planted": "", **{c: float(min(r[c] for r in rows)) for c in list(rows[0])[2:]}})
+    common.table(rows, f"Outlier AUROC, all kinds planted at once among {a.n} CIFAR-10 train images (stand-in SSL: "
+                       f"random CNN), {time.perf_counter() - t0:.0f} s")
 
 
 if __name__ == "__main__":

@@ -1,5 +1,5 @@
 """``find_outliers``: a per-sample outlier score combining multi-scale kNN in the SSL embedding, multi-scale kNN
-among image statistics and optionally self-influence (each kept as its own field), a flag for the top fraction or a
+among image statistics, the two-sided tails of those statistics and optionally self-influence (each kept as its own field), a flag for the top fraction or a
 threshold, a tag, a saved view and a histogram."""
 
 from __future__ import annotations
@@ -20,11 +20,12 @@ METHOD = runs.METHOD_PREFIX + "outliers"
 
 
 def outlier_fields(run_key: str) -> dict[str, str]:
-    return {k: f"{run_key}_{k}" for k in ("score", "flag", "reason", "ssl", "stats", "influence", "knn", "error")}
+    return {k: f"{run_key}_{k}" for k in ("score", "flag", "reason", "ssl", "stats", "tails", "influence", "knn",
+                                             "error")}
 
 
 FIELD_TYPES = {"score": fo.FloatField, "flag": fo.BooleanField, "reason": fo.StringField, "ssl": fo.FloatField,
-               "stats": fo.FloatField, "influence": fo.FloatField, "knn": fo.FloatField, "error": fo.StringField}
+               "stats": fo.FloatField, "tails": fo.FloatField, "influence": fo.FloatField, "knn": fo.FloatField, "error": fo.StringField}
 
 
 def _names(run_key: str) -> tuple[str, str]:
@@ -55,17 +56,20 @@ def find_outliers(
             ``<key>_reason`` (the component and scale that ranked the sample highest), each component's own score
             in [0, 1] (``<key>_ssl``: multi-scale kNN in the embedding; ``<key>_stats``: multi-scale kNN among
             image statistics such as colourfulness, exposure, sharpness, entropy, edge orientation;
-            ``<key>_influence``: self-influence rank), ``<key>_knn`` (mean cosine distance to the 10 nearest
+            ``<key>_tails``: how far the sample's most extreme few statistics lie in their tails, either side, as a
+            rank; its ``reason`` names the most extreme statistic, e.g. ``tails:exact_gray``; ``<key>_influence``:
+            self-influence rank), ``<key>_knn`` (mean cosine distance to the 10 nearest
             neighbours in the embedding) and ``<key>_error`` (why a sample was not scored).
         embeddings_field ("ssl_embedding"): the embedding of the ``ssl`` component (None: image statistics only).
         scales: neighbour ranks of the multi-scale scores (see :mod:`fo_plugin.core.outliers`).
-        image_stats (True): add the image-statistics component: it flags documents, textures, drawings,
-            screenshots and flat colour that an embedding trained on photos can place among the photos.
+        image_stats (True): add the image-statistics components (``stats`` and ``tails``): they flag documents,
+            textures, drawings, microscopy, screenshots and flat colour that an embedding trained on photos can place
+            among the photos.
         tightness (True): add the group-tightness components (log of far / near neighbour distance) to each kNN
             component: they find tight groups of near-copies that plain distances miss (see
             :func:`fo_plugin.core.outliers.outlier_scores` for the measured trade-off).
-        weights (None): weight of each component (``ssl``, ``stats``, ``influence``) in the combined score; None:
-            ``ssl`` 0.3, the others 1 (the embedding of a model trained on photos can rank a document as typical;
+        weights (None): weight of each component (``ssl``, ``stats``, ``tails``, ``influence``) in the combined
+            score; None: ``ssl`` 0.3, the others 1 (the embedding of a model trained on photos can rank a document as typical;
             see :data:`fo_plugin.core.outliers.WEIGHTS`); a component not named weighs 1.
         influence_run (None): also combine the self-influence of this influence run.
         fraction (None): flag this top fraction (0.02 when no threshold is given); or ``threshold``: flag scores
@@ -90,6 +94,7 @@ def find_outliers(
         names = {k: v for k, v in names.items() if k not in ("ssl", "knn")}
     if not image_stats:
         names.pop("stats")
+        names.pop("tails")
     if not influence_run:
         names.pop("influence")
     tag, view_name = _names(run_key)
@@ -130,8 +135,8 @@ def find_outliers(
         flag = score >= threshold if threshold is not None else _top(score, fraction)
         progress(0.8, f"{int(flag.sum())} outliers flagged")
         columns = {"score": score.tolist(), "flag": flag.tolist(), "reason": parts["scale"].tolist()}
-        for short, key in (("ssl", "ssl_score"), ("stats", "stats_score"), ("influence", "influence_score"),
-                           ("knn", "knn")):
+        for short, key in (("ssl", "ssl_score"), ("stats", "stats_score"), ("tails", "tails_score"),
+                           ("influence", "influence_score"), ("knn", "knn")):
             if short in names:
                 columns[short] = np.asarray(parts[key], float).tolist()
         run.write_columns(vids, columns)  # one update per sample for all fields

@@ -27,6 +27,9 @@ STATS: dict[str, tuple[tuple[float, float], str]] = {
     "saturation_spread": ((0, 0.5), "standard deviation of HSV saturation over the pixels (a photo mixes saturated "
                                     "and gray regions; stained micrographs and textures are uniform)"),
     "gray_fraction": ((0, 1), "fraction of pixels with max - min < 12 / 255 (grayscale-ness)"),
+    "exact_gray": ((0, 1), "fraction of the mid-tone pixels (luminance 0.1-0.9; all pixels when fewer than 8 are) "
+                           "with max - min <= 3 / 255: a grayscale scan, render or micrograph stored as RGB has equal "
+                           "channels (up to JPEG rounding); a colour photo's mid-tones seldom do"),
     "mean_rg": ((-1, 1), "mean (R - G) / 255: colour cast, red vs green"),
     "mean_yb": ((-1, 1), "mean ((R + G) / 2 - B) / 255: colour cast, yellow vs blue"),
     "log_sharpness": ((-8, 1), "log10 of the variance of the luminance Laplacian (+1e-8)"),
@@ -87,6 +90,9 @@ def _batch_stats(u8: torch.Tensor) -> dict[str, np.ndarray]:
     out["saturation_spread"] = sat.std(1)
     out["chroma"] = spread.mean(1)
     out["gray_fraction"] = (spread < 12 / 255).float().mean(1)
+    exact = (spread <= 3.5 / 255).float()  # (B, S*S)
+    mid = ((yf > 0.1) & (yf < 0.9)).float()  # near black or white, every pixel is gray: count the mid-tones
+    out["exact_gray"] = torch.where(mid.sum(1) >= 8, (exact * mid).sum(1) / mid.sum(1).clamp_min(1), exact.mean(1))
     out["mean_rg"], out["mean_yb"] = rg.mean(1), yb.mean(1)
 
     y1 = y[:, None]  # (B, 1, S, S)

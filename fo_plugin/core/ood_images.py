@@ -1,13 +1,15 @@
 """Synthetic and real out-of-domain images for planting among ordinary photos (benchmarks and tests).
 
-Each kind is drawn at 4x the target side and downsampled with an antialiasing filter (as photo datasets are made),
-from a seeded generator, so a call is reproducible. Real material is mixed in where it is available offline:
-``skimage.data`` crops (text pages, brick / grass / gravel textures, bright-field cells, stained tissue) at random
-positions and scales, and MNIST digits (``mnist_digits``). Everything is uint8 (n, size, size, 3).
+Each kind is drawn at 2x, 4x or 8x the target side (at random) and downsampled with an antialiasing filter (as photo
+datasets are made), from a seeded generator, so a call is reproducible. Real material is mixed in where it is
+available offline: ``skimage.data`` crops (text pages, brick / grass / gravel / lunar-surface textures, bright-field
+cells, stained tissue, a retinal fundus) at random positions and scales, and MNIST digits (``mnist_digits``).
+Everything is uint8 (n, size, size, 3).
 
-Kinds (``KINDS``): documents (text lines on white), textures (periodic / noise patterns, two-colour mapped or
-grayscale), line_drawings (dark strokes on white), microscopy (blobs / cells on a dark background, grayscale or one
-hue; stained-tissue crops), screenshots (UI-like panels, bars, buttons, text), flat (one colour, faint gradient).
+Kinds (``KINDS``): documents (text lines or tables on white), textures (periodic / noise patterns, two-colour mapped
+or grayscale), line_drawings (dark strokes on white), microscopy (blobs / cells on a dark background, or dark cells
+on a bright field, grayscale or one hue; stained-tissue crops), screenshots (UI-like panels, bars, buttons, text),
+flat (one colour, faint gradient).
 ``ood_group`` makes a tight group: jittered crops of ONE image of a kind.
 """
 
@@ -29,7 +31,7 @@ def ood_images(kind: str, n: int, size: int = 32, seed: int = 0) -> np.ndarray:
     rng = np.random.default_rng([seed, KINDS.index(kind) if kind in KINDS else 99])
     if kind == "digits":
         return mnist_digits(n, size, seed)
-    return np.stack([_downsample(_render(kind, rng, 4 * size), size) for _ in range(n)])
+    return np.stack([_downsample(_render(kind, rng, int(rng.choice([2, 4, 8])) * size), size) for _ in range(n)])
 
 
 def ood_group(kind: str, n: int, size: int = 32, seed: int = 0) -> np.ndarray:
@@ -96,6 +98,8 @@ def _text_line(rng: np.random.Generator, n_words: int) -> str:
 
 
 def _document(rng: np.random.Generator, r: int) -> np.ndarray:
+    if rng.random() < 0.3:
+        return _table(rng, r)
     bg = int(rng.integers(235, 256))
     im = Image.new("L", (r, r), bg)
     d = ImageDraw.Draw(im)
@@ -108,6 +112,23 @@ def _document(rng: np.random.Generator, r: int) -> np.ndarray:
             continue
         d.text((int(rng.integers(-px, px)), y), _text_line(rng, 8), fill=ink, font=_font(px))
         y += int(px * rng.uniform(1.2, 1.6))
+    return np.repeat(np.asarray(im)[..., None], 3, -1)
+
+
+def _table(rng: np.random.Generator, r: int) -> np.ndarray:
+    """A ruled table of numbers on white."""
+    im = Image.new("L", (r, r), int(rng.integers(230, 256)))
+    d = ImageDraw.Draw(im)
+    rows, cols = int(rng.integers(4, 12)), int(rng.integers(2, 6))
+    for i in range(rows + 1):
+        d.line((0, i * r / rows, r, i * r / rows), fill=int(rng.integers(0, 120)), width=1)
+    for j in range(cols + 1):
+        d.line((j * r / cols, 0, j * r / cols, r), fill=int(rng.integers(0, 120)), width=1)
+    px = max(6, int(r / rows * 0.6))
+    for i in range(rows):
+        for j in range(cols):
+            d.text((j * r / cols + 2, i * r / rows + 1), str(int(rng.integers(0, 9999))), fill=int(rng.integers(0, 60)),
+                   font=_font(px))
     return np.repeat(np.asarray(im)[..., None], 3, -1)
 
 
@@ -179,6 +200,8 @@ def _microscopy(rng: np.random.Generator, r: int) -> np.ndarray:
         e = rng.uniform(0.6, 1.6)
         v += rng.uniform(0.4, 1.0) * np.exp(-(((xx - cx) / s) ** 2 * e + ((yy - cy) / s) ** 2 / e) / 2)
     v = np.clip(v + rng.normal(0, 0.03, v.shape), 0, 1)
+    if rng.random() < 0.25:  # bright field: dark cells on a light background
+        return np.repeat(((1 - 0.8 * v) * 255).astype(np.uint8)[..., None], 3, -1)
     hue = np.eye(3)[rng.integers(0, 3)] if rng.random() < 0.6 else np.ones(3)
     if rng.random() < 0.3:  # two-channel stain: a second hue on part of the blobs
         hue = np.clip(hue + 0.6 * np.eye(3)[rng.integers(0, 3)], 0, 1)
@@ -213,8 +236,8 @@ def _flat(rng: np.random.Generator, r: int) -> np.ndarray:
     return np.clip(c + g + np.zeros((r, 1, 1)), 0, 255).astype(np.uint8)
 
 
-_SKIMAGE = {"documents": ("page", "text"), "textures": ("brick", "grass", "gravel"),
-            "microscopy": ("cell", "immunohistochemistry", "microaneurysms")}
+_SKIMAGE = {"documents": ("page", "text"), "textures": ("brick", "grass", "gravel", "moon"),
+            "microscopy": ("cell", "immunohistochemistry", "microaneurysms", "retina")}
 _SKIMAGE_CACHE: dict[str, np.ndarray | None] = {}
 
 
