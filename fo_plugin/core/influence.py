@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call, grad, vmap
 
+from . import distributed
 from .augment import AugmentConfig, augment
 
 CURVATURES = ("ekfac", "diagonal", "identity")
@@ -184,12 +185,20 @@ BatchIter = Callable[[], Iterator[torch.Tensor]]
 
 
 def fit_diagonal(f: SSLOutput, batches: BatchIter, cfg: InfluenceConfig) -> tuple[torch.Tensor, float]:
-    """Diagonal empirical Fisher E[g^2] over the fit batches and the damping used with it."""
+    """Diagonal empirical Fisher E[g^2] over the fit batches and the damping used with it.
+
+    In a torchrun job ``batches`` are this rank's and the sums run over every rank's (:mod:`distributed`)."""
     total, n = None, 0
     for x in batches():
         g = per_example_grads(f, x, cfg)
         total = g.pow(2).sum(0) if total is None else total + g.pow(2).sum(0)
         n += len(g)
+    if total is None:  # this rank had no rows: the size of g comes from the tracked parameters
+        params = dict(f.named_parameters())
+        total = torch.zeros(sum(params[p].numel() for p in tracked_parameters(f, cfg)),
+                            device=next(iter(params.values())).device)
+    total = distributed.all_reduce_sum(total)
+    n = int(distributed.all_reduce_sum(torch.tensor(n)))
     diag = total / max(n, 1)
     damping = cfg.damping if cfg.damping is not None else 0.1 * diag.mean().item()
     return diag, damping
