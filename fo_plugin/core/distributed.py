@@ -204,7 +204,11 @@ class SyncBatchNorm(nn.modules.batchnorm._BatchNorm):
 
 
 def sync_batchnorm(model: nn.Module) -> nn.Module:
-    """Replace every BatchNorm layer of ``model`` by :class:`SyncBatchNorm` (same parameters and buffers), in place."""
+    """Replace every BatchNorm layer of ``model`` by :class:`SyncBatchNorm` (same parameters and buffers), in place;
+    the model itself, unchanged, outside a process group."""
+    ctx = context()
+    if not ctx.initialised or ctx.world == 1:
+        return model
     for name, child in model.named_children():
         if isinstance(child, nn.modules.batchnorm._BatchNorm) and not isinstance(child, SyncBatchNorm):
             new = SyncBatchNorm(child.num_features, child.eps, child.momentum, child.affine,
