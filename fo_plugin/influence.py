@@ -27,6 +27,7 @@ from .core.influence import (
     InfluenceConfig,
     SSLOutput,
     aug_losses,
+    fisher_sums,
     fit_diagonal,
     per_example_grads,
     preconditioner,
@@ -147,12 +148,12 @@ def compute_ssl_influence(
 
             diag, lam, sketch = None, None, None
             if curvature == "diagonal":
-                def fit_once() -> dict[str, np.ndarray]:
-                    d, dmp = fit_diagonal(f, lambda: pool.batches(dev, batch_size, rows), cfg)
-                    return {"diag": d.cpu().numpy(), "damping": np.float64(dmp)}
+                def sums_once() -> dict[str, np.ndarray]:  # this rank's sums only: no collective inside a chunk
+                    total, count = fisher_sums(f, lambda: pool.batches(dev, batch_size, rows), cfg)
+                    return {"total": total.cpu().numpy(), "n": np.int64(count)}
 
-                fit = run.chunk(f"{tag}-diagonal", fit_once)
-                diag, lam = torch.as_tensor(fit["diag"]).to(dev), float(fit["damping"])
+                part = run.chunk(f"{tag}-diagonal-{mine.start}-{mine.stop}", sums_once)
+                diag, lam = fit_diagonal(f, None, cfg, sums=(torch.as_tensor(part["total"]).to(dev), int(part["n"])))
                 if run.primary:
                     torch.save({"diag": diag.cpu(), "damping": lam}, os.path.join(rdir, "diagonal.pt"))
                 progress(0.4, "diagonal Fisher fitted")
