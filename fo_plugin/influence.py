@@ -129,18 +129,24 @@ def compute_ssl_influence(
         rdir = run.artifacts
         run.config.update(backbone=net.spec.to_dict(), influence=cfg.to_dict())
         t0 = time.perf_counter()
-        pool = DecodedImages(paths, ids, net.image_size, rdir)
+        # in a torchrun job each rank decodes and scores its contiguous share of the samples and the results are
+        # gathered in order; EK-FAC (not sharded: rank 0 fits it) needs every image, so there each rank decodes all
+        part = range(len(ids)) if curvature == "ekfac" else distributed.shard(len(ids))
+        pool = DecodedImages(paths[part.start:part.stop], ids[part.start:part.stop], net.image_size, rdir)
         try:
-            n = len(pool.ids)
+            if curvature == "ekfac":
+                scored, mine = pool.ids, distributed.shard(len(pool.ids))
+                rows, first = np.arange(mine.start, mine.stop), mine.start  # first: this rank's first scored row
+            else:
+                scored, counts = distributed.gather_list(pool.ids), distributed.gather_list([len(pool.ids)])
+                rows, first = np.arange(len(pool.ids)), sum(counts[:distributed.context().rank])
+            n = len(scored)
             if n < 2:
                 raise ValueError(f"influence needs at least 2 readable images; {n} of {len(ids)} could be decoded")
             # every chunk below is kept as it completes (run.chunk): a re-run after a kill redoes only the rest;
-            # names carry the decoded set and batch size, so rows can never shift onto other samples
-            # in a torchrun job each rank scores its contiguous rows (names use global rows) and all are gathered
-            tag = fingerprint(pool.ids, batch_size, length=10)
-            mine = distributed.shard(n)
-            rows = np.arange(mine.start, mine.stop)
-            loss = np.concatenate([run.chunk(f"{tag}-loss-{mine.start + b * 256}-{mine.start + b * 256 + len(x)}",
+            # names carry the decoded set, batch size and (global) rows, so rows can never shift onto other samples
+            tag = fingerprint(scored, batch_size, length=10)
+            loss = np.concatenate([run.chunk(f"{tag}-loss-{first + b * 256}-{first + b * 256 + len(x)}",
                                              lambda x=x: {"loss": aug_losses(f, x, cfg).cpu().numpy()})["loss"]
                                    for b, x in enumerate(pool.batches(dev, 256, rows))] or [np.zeros(0, np.float32)])
             loss = distributed.gather_rows(loss)
@@ -152,8 +158,8 @@ def compute_ssl_influence(
                     total, count = fisher_sums(f, lambda: pool.batches(dev, batch_size, rows), cfg)
                     return {"total": total.cpu().numpy(), "n": np.int64(count)}
 
-                part = run.chunk(f"{tag}-diagonal-{mine.start}-{mine.stop}", sums_once)
-                diag, lam = fit_diagonal(f, None, cfg, sums=(torch.as_tensor(part["total"]).to(dev), int(part["n"])))
+                fit = run.chunk(f"{tag}-diagonal-{first}-{first + len(rows)}", sums_once)
+                diag, lam = fit_diagonal(f, None, cfg, sums=(torch.as_tensor(fit["total"]).to(dev), int(fit["n"])))
                 if run.primary:
                     torch.save({"diag": diag.cpu(), "damping": lam}, os.path.join(rdir, "diagonal.pt"))
                 progress(0.4, "diagonal Fisher fitted")
@@ -166,7 +172,7 @@ def compute_ssl_influence(
             for b, x in enumerate(pool.batches(dev, batch_size, rows)):
                 if curvature != "ekfac" or sketch is not None:
                     s0 = b * batch_size
-                    g0 = mine.start + s0
+                    g0 = first + s0
                     out = run.chunk(f"{tag}-grads-{g0}-{g0 + len(x)}", lambda x=x: _grad_chunk(f, x, cfg, scale, sketch))
                     if curvature != "ekfac":
                         si[s0:s0 + len(x)] = out["si"]
@@ -200,24 +206,24 @@ def compute_ssl_influence(
             if run.primary:
                 np.save(os.path.join(rdir, "grad_sketch.npy"), z.numpy())
                 with open(os.path.join(rdir, "grad_sketch_ids.txt"), "w") as fh:
-                    fh.write("\n".join(pool.ids))
+                    fh.write("\n".join(scored))
             nn_idx, nn_sim = _nearest_by_cosine(z.to(dev))
-            dup_of = [pool.ids[j] for j in nn_idx]
+            dup_of = [scored[j] for j in nn_idx]
             dup_score = nn_sim.tolist()
             seen = set()
             for i in np.argsort(-nn_sim):
-                pair = tuple(sorted((pool.ids[i], pool.ids[nn_idx[i]])))
+                pair = tuple(sorted((scored[i], scored[nn_idx[i]])))
                 if pair not in seen:
                     seen.add(pair)
                     pairs.append({"a": pair[0], "b": pair[1], "cosine": float(nn_sim[i])})
                 if len(pairs) >= 1000:
                     break
         for k, v in columns.items():
-            run.write(k, pool.ids, np.asarray(v).tolist())
-        run.write("dup_of", pool.ids, dup_of)
-        run.write("dup_score", pool.ids, dup_score)
-        scored = set(pool.ids)
-        bad = [i for i in ids if i not in scored]
+            run.write(k, scored, np.asarray(v).tolist())
+        run.write("dup_of", scored, dup_of)
+        run.write("dup_score", scored, dup_score)
+        done = set(scored)
+        bad = [i for i in ids if i not in done]
         run.write("error", bad, ["the image could not be decoded"] * len(bad))
         summary = run.commit(fields=list(names.values()), num_samples=len(ids), num_scored=n,
                              num_skipped=len(ids) - n, curvature=curvature, damping=lam, num_params=int(n_params),

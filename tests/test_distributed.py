@@ -29,11 +29,14 @@ CLCORE = {"embeddings_run": "emb1", "num_classes": 3, "num_views": 2, "budget": 
 
 
 @pytest.fixture(scope="module")
-def ds(cifar_files):
-    """48 real CIFAR-10 images in a persistent dataset (the torchrun ranks load it by name)."""
+def ds(cifar_files, tmp_path_factory):
+    """48 real CIFAR-10 images and one truncated JPEG (an error to place) in a persistent dataset (the torchrun
+    ranks load it by name)."""
     paths = [p for p, _, k in cifar_files if k < 5][:N]
+    broken = tmp_path_factory.mktemp("dist") / "truncated.jpg"
+    broken.write_bytes(open(paths[0], "rb").read()[:40])
     dataset = fo.Dataset(f"dist-{uuid.uuid4().hex[:8]}", persistent=True)
-    dataset.add_samples([fo.Sample(filepath=p) for p in paths], progress=False)
+    dataset.add_samples([fo.Sample(filepath=p) for p in paths + [str(broken)]], progress=False)
     yield dataset
     folder = runs._dataset_dir(dataset)
     dataset.delete()
@@ -59,7 +62,7 @@ def values(ds, field: str) -> list:
 
 def assert_same(ds, one: str, two: str, rtol: float = 1e-4, atol: float = 1e-5) -> None:
     a, b = values(ds, one), values(ds, two)
-    assert len(a) == len(b) == N
+    assert len(a) == len(b) == N + 1
     for n, (x, y) in enumerate(zip(a, b)):
         if x is None or y is None or isinstance(x, (str, bool, int)):
             assert x == y, (one, two, n, x, y)
@@ -76,11 +79,12 @@ def emb(ds):
 
 def test_torchrun_trains_and_embeds_as_one_process(ds, emb):
     two = torchrun(ds, "embeddings", "emb2", EMB)
-    assert two["trained_proxy"] and two["num_embedded"] == N and two["num_failed"] == 0
+    assert two["trained_proxy"] and two["num_embedded"] == N and two["num_failed"] == 1
     assert [h["loss"] for h in two["train_history"]] == pytest.approx([h["loss"] for h in emb["train_history"]],
                                                                       rel=1e-5)
     assert_same(ds, "emb1", "emb2", rtol=1e-3, atol=1e-4)  # trained weights agree to float rounding
-    assert values(ds, "emb2_error") == [None] * N
+    errors = values(ds, "emb2_error")
+    assert errors == values(ds, "emb1_error") and sum(e is not None for e in errors) == 1
     cfg1, cfg2 = fo_plugin.get_run_config(ds, "emb1"), fo_plugin.get_run_config(ds, "emb2")
     assert cfg2["status"] == "complete" and cfg2["fingerprint"] == cfg1["fingerprint"]
     assert not [f for f in ds.get_field_schema() if f.endswith(runs.STAGING)]
@@ -94,7 +98,7 @@ def test_torchrun_influence_as_one_process(ds, emb):
     assert two["damping"] == pytest.approx(one["damping"], rel=1e-5)  # the diagonal Fisher summed over ranks
     for f in ("self_influence", "aug_loss", "dup_score"):
         assert_same(ds, f"inf1_{f}", f"inf2_{f}")
-    for f in ("rank", "dup_of"):
+    for f in ("rank", "dup_of", "error"):
         assert values(ds, f"inf2_{f}") == values(ds, f"inf1_{f}")
 
 
@@ -105,5 +109,5 @@ def test_torchrun_clcore_as_one_process(ds, emb):
     assert two["class_sizes"] == one["class_sizes"] and two["num_selected"] == one["num_selected"] == N // 2
     assert_same(ds, "cl1_score", "cl2_score")
     assert_same(ds, "cl1_gain", "cl2_gain")
-    for f in ("class", "rank", "rank_overall", "selected"):
+    for f in ("class", "rank", "rank_overall", "selected", "error"):
         assert values(ds, f"cl2_{f}") == values(ds, f"cl1_{f}")
