@@ -179,11 +179,17 @@ def compute_ssl_embeddings(
         num_ok, dim = 0, None
         base = 0.8 if trained else 0.0
         tpaths = [paths[n] for n in todo]
-        step = max(batch_size, 256) * distributed.context().world  # images per written chunk, over all ranks
-        for start in range(0, len(tpaths), step):
+        # a written chunk is `per` images from each rank (all of them in one process): a rank decodes its parts of
+        # every chunk as one stream, so decoding the next batch overlaps the forward pass of this one
+        per = max(batch_size, 256)
+        step = per * distributed.context().world
+        starts = range(0, len(tpaths), step)
+        parts = [distributed.shard(min(step, len(tpaths) - s)) for s in starts]  # `per` each, but in the last chunk
+        decoded = iter_decoded([p for s, part in zip(starts, parts) for p in tpaths[s + part.start:s + part.stop]],
+                               net.image_size, batch_size=per)
+        for start, part in zip(starts, parts):
             chunk_ids = [ids[n] for n in todo[start:start + step]]
-            mine = distributed.shard(len(chunk_ids))  # this rank's part of the chunk (all of it in one process)
-            rows, errors = _embed_paths(net, tpaths[start + mine.start:start + mine.stop], dev, batch_size, precision)
+            rows, errors = _embed_batch(net, *next(decoded)[1:], dev, batch_size, precision) if len(part) else ([], [])
             rows, errors = distributed.gather_list(rows), distributed.gather_list(errors)  # the chunk, in order
             run.write("embedding", chunk_ids, rows)
             run.write("error", chunk_ids, errors)
@@ -191,6 +197,7 @@ def compute_ssl_embeddings(
             dim = dim or next((len(r) for r in rows if r is not None), None)
             progress(base + (1 - base) * (start + len(chunk_ids)) / max(len(tpaths), 1),
                      f"embedded {start + len(chunk_ids)}/{len(tpaths)} images")
+        decoded.close()
         timings["embed_s"] = time.perf_counter() - t0
         num_ok += resumed_ok
         run.config["backbone"] = spec.to_dict()
@@ -200,20 +207,18 @@ def compute_ssl_embeddings(
                           timings=timings, train_history=history, **brain_keys)
 
 
-def _embed_paths(net, paths: list[str], dev, batch_size: int, precision: str) -> tuple[list, list]:
-    """Embeddings of the images at ``paths``: one (D,) float32 array per image (None where it failed) and one error
-    message per image (None where it worked)."""
-    rows, errors = [], []
-    for _, images, ok, errs in iter_decoded(paths, net.image_size, batch_size=max(batch_size, 256)):
-        emb, good = None, ok.copy()
-        if ok.any():
-            got = embed_array(net, images[ok], net.image_size, dev, batch_size, precision=precision)
-            emb = np.zeros((len(images), got.shape[1]), np.float32)
-            emb[ok] = got
-            good &= valid_rows(emb)
-        rows += [emb[i] if good[i] else None for i in range(len(images))]
-        errors += [e if e or g else "the model gave a non-finite or all-zero embedding" for e, g in zip(errs, good)]
-    return rows, errors
+def _embed_batch(net, images: np.ndarray, ok: np.ndarray, errs: list, dev, batch_size: int, precision: str
+                 ) -> tuple[list, list]:
+    """Embeddings of a decoded batch (images (B, S, S, 3), success mask, decoding errors): one (D,) float32 array
+    per image (None where it failed) and one error message per image (None where it worked)."""
+    emb, good = None, ok.copy()
+    if ok.any():
+        got = embed_array(net, images[ok], net.image_size, dev, batch_size, precision=precision)
+        emb = np.zeros((len(images), got.shape[1]), np.float32)
+        emb[ok] = got
+        good &= valid_rows(emb)
+    rows = [emb[i] if good[i] else None for i in range(len(images))]
+    return rows, [e if e or g else "the model gave a non-finite or all-zero embedding" for e, g in zip(errs, good)]
 
 
 def register_similarity(samples, field: str, brain_key: str):
