@@ -13,7 +13,7 @@ import torch
 from fiftyone import ViewField as F
 
 from . import params, runs
-from .core import rng
+from .core import distributed, rng
 from .core.clcore import MODES, select
 from .core.device import resolve_device
 from .core.embed import embed_array
@@ -184,6 +184,7 @@ def compute_clcore(
             progress(0.55, f"k-means with k={k}")
             labels = np.full(len(ids), -1)
             labels[valid] = kmeans(pooled, k, seed)[0].cpu().numpy()
+        labels = distributed.broadcast(labels)  # rank 0's classes on every rank (k-means on CUDA may differ)
         n_keep = budget_count(budget, len(valid))
 
         t1 = time.perf_counter()

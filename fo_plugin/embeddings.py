@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from . import params, runs
-from .core import rng
+from .core import distributed, rng
 from .core.augment import AugmentConfig
 from .core.backbones import BackboneSpec, load_backbone
 from .core.device import resolve_device, resolve_precision
@@ -154,9 +154,9 @@ def compute_ssl_embeddings(
             ckpt_path = os.path.join(run.artifacts, "proxy.pt")
             state = os.path.join(run.artifacts, TRAIN_STATE)
             for path in ((ckpt_path, state) if retrain else ()) + ((state,) if not resume else ()):
-                if os.path.isfile(path):
+                if run.primary and os.path.isfile(path):
                     os.remove(path)  # ours: a new training from the first epoch
-            if not os.path.isfile(ckpt_path):
+            if distributed.broadcast(not os.path.isfile(ckpt_path)):  # rank 0's answer: every rank trains or none
                 t0 = time.perf_counter()
                 history = _train(dataset, ids, paths, train_cfg, proxy_width, dev, ckpt_path, run.artifacts,
                                  lambda f, s: progress(0.8 * f, s))
@@ -174,22 +174,25 @@ def compute_ssl_embeddings(
         num_ok, dim = 0, None
         base = 0.8 if trained else 0.0
         tpaths = [paths[n] for n in todo]
-        for start, images, ok, errors in iter_decoded(tpaths, net.image_size, batch_size=max(batch_size, 256)):
-            chunk_ids = [ids[n] for n in todo[start:start + len(images)]]
-            emb, good = None, ok.copy()
-            if ok.any():
-                got = embed_array(net, images[ok], net.image_size, dev, batch_size, precision=precision)
-                emb = np.zeros((len(images), got.shape[1]), np.float32)
-                emb[ok] = got
-                good &= valid_rows(emb)
-            errors = [e if e or g else "the model gave a non-finite or all-zero embedding"
-                      for e, g in zip(errors, good)]
-            run.write("embedding", chunk_ids, [emb[i] if good[i] else None for i in range(len(chunk_ids))])
+        # a written chunk is `per` images from each rank (all of them in one process): a rank decodes its parts of
+        # every chunk as one stream, so decoding the next batch overlaps the forward pass of this one
+        per = max(batch_size, 256)
+        step = per * distributed.context().world
+        starts = range(0, len(tpaths), step)
+        parts = [distributed.shard(min(step, len(tpaths) - s)) for s in starts]  # `per` each, but in the last chunk
+        decoded = iter_decoded([p for s, part in zip(starts, parts) for p in tpaths[s + part.start:s + part.stop]],
+                               net.image_size, batch_size=per)
+        for start, part in zip(starts, parts):
+            chunk_ids = [ids[n] for n in todo[start:start + step]]
+            rows, errors = _embed_batch(net, *next(decoded)[1:], dev, batch_size, precision) if len(part) else ([], [])
+            rows, errors = distributed.gather_list(rows), distributed.gather_list(errors)  # the chunk, in order
+            run.write("embedding", chunk_ids, rows)
             run.write("error", chunk_ids, errors)
-            num_ok += int(good.sum())
-            dim = dim or (emb.shape[1] if good.any() else None)
-            progress(base + (1 - base) * (start + len(images)) / max(len(tpaths), 1),
-                     f"embedded {start + len(images)}/{len(tpaths)} images")
+            num_ok += sum(r is not None for r in rows)
+            dim = dim or next((len(r) for r in rows if r is not None), None)
+            progress(base + (1 - base) * (start + len(chunk_ids)) / max(len(tpaths), 1),
+                     f"embedded {start + len(chunk_ids)}/{len(tpaths)} images")
+        decoded.close()
         timings["embed_s"] = time.perf_counter() - t0
         num_ok += resumed_ok
         run.config["backbone"] = spec.to_dict()
@@ -197,6 +200,20 @@ def compute_ssl_embeddings(
                           num_embedded=num_ok, num_failed=len(ids) - num_ok, num_resumed_over=len(done),
                           embedding_dim=dim, trained_proxy=trained, checkpoint=ckpt_path, device=str(dev),
                           timings=timings, train_history=history, **brain_keys)
+
+
+def _embed_batch(net, images: np.ndarray, ok: np.ndarray, errs: list, dev, batch_size: int, precision: str
+                 ) -> tuple[list, list]:
+    """Embeddings of a decoded batch (images (B, S, S, 3), success mask, decoding errors): one (D,) float32 array
+    per image (None where it failed) and one error message per image (None where it worked)."""
+    emb, good = None, ok.copy()
+    if ok.any():
+        got = embed_array(net, images[ok], net.image_size, dev, batch_size, precision=precision)
+        emb = np.zeros((len(images), got.shape[1]), np.float32)
+        emb[ok] = got
+        good &= valid_rows(emb)
+    rows = [emb[i] if good[i] else None for i in range(len(images))]
+    return rows, [e if e or g else "the model gave a non-finite or all-zero embedding" for e, g in zip(errs, good)]
 
 
 def register_similarity(samples, field: str, brain_key: str):
@@ -251,7 +268,9 @@ def _train(dataset, ids, paths, cfg: TrainConfig, width: int, dev, ckpt_path: st
         model, history = train_proxy(pool.subset(), rng.sample_keys(pool.ids), cfg, dev,
                                      ProxyConfig(width=width, image_size=cfg.augment.size), progress,
                                      state_path=os.path.join(folder, TRAIN_STATE))
-    save_proxy(model.cpu(), ckpt_path + ".tmp", extra={"train": _train_dict(cfg, width), "history": history,
-                                                      "num_train_images": len(pool.ids), "dataset": dataset.name})
-    os.replace(ckpt_path + ".tmp", ckpt_path)
+    if distributed.is_primary():  # the ranks hold the same weights; the others read this file after the barrier
+        save_proxy(model.cpu(), ckpt_path + ".tmp", extra={"train": _train_dict(cfg, width), "history": history,
+                                                          "num_train_images": len(pool.ids), "dataset": dataset.name})
+        os.replace(ckpt_path + ".tmp", ckpt_path)
+    distributed.barrier()
     return history

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from . import runs
-from .core import rng
+from .core import distributed, rng
 from .core.augment import AugmentConfig
 from .core.backbones import Backbone, load_backbone
 from .core.embed import embed_array
@@ -94,12 +94,17 @@ def project_views(net: Backbone, paths: list[str], keys: torch.Tensor, num_views
     ``chunk`` (a :meth:`runs.Run.chunk`): keep each decoded chunk's outputs as it completes, so a re-run after a
     kill projects only the chunks not yet done.
 
+    In a torchrun job each rank projects its contiguous share of ``paths`` and every rank gets all of them.
+
     Returns:
         ``(z, ok, errors)``: z on ``device`` with zero rows where decoding failed, the success mask, the messages.
     """
     fn = net.project if project else net
-    chunks, oks, errors = [], [], []
-    for start, images, ok, errs in iter_decoded(paths, net.image_size, batch_size=max(batch_size, 256)):
+    chunks, oks, errors = [], [np.zeros(0, dtype=bool)], []
+    mine = distributed.shard(len(paths))
+    for start, images, ok, errs in iter_decoded(paths[mine.start:mine.stop], net.image_size,
+                                                batch_size=max(batch_size, 256)):
+        start += mine.start  # rows of ``paths``
         k = keys[start:start + len(images)]
 
         def compute(images=images, k=k) -> dict[str, np.ndarray]:  # (V, B, D)
@@ -114,9 +119,11 @@ def project_views(net: Backbone, paths: list[str], keys: torch.Tensor, num_views
         oks.append(ok)
         errors += errs
         if progress:
-            progress((start + len(images)) / len(paths), f"projected {start + len(images)}/{len(paths)} images")
-    z = torch.cat(chunks, dim=1).to(device)
-    ok = np.concatenate(oks)
+            done = start + len(images) - mine.start
+            progress(done / len(mine), f"projected {done}/{len(mine)} images")
+    z = distributed.gather_rows(torch.cat(chunks, dim=1), dim=1).to(device)  # (V, N, D)
+    ok = distributed.gather_rows(np.concatenate(oks))
+    errors = distributed.gather_list(errors)
     z[:, ~torch.as_tensor(ok, device=device)] = 0
     return z, ok, errors
 

@@ -15,6 +15,7 @@ import torch
 from fiftyone import ViewField as F
 
 from . import params, runs
+from .core import distributed
 from .core.device import resolve_device
 from .core.ekfac import EKFAC
 from .core.fingerprint import fingerprint
@@ -25,6 +26,7 @@ from .core.influence import (
     InfluenceConfig,
     SSLOutput,
     aug_losses,
+    fisher_sums,
     fit_diagonal,
     per_example_grads,
     preconditioner,
@@ -101,6 +103,11 @@ def compute_ssl_influence(
     project_dim = params.integer("project_dim", project_dim, 0)
     batch_size = params.integer("batch_size", batch_size, 1)
     dev = resolve_device(device)
+    if curvature == "ekfac" and distributed.context().world > 1 and torch.cuda.is_available():
+        # kronfluence switches to its own collectives whenever a process group and CUDA exist, so rank 0 cannot
+        # fit alone there, and its multi-GPU mode is not wired up (nor tested) here
+        raise ValueError("curvature='ekfac' is not supported in a multi-GPU torchrun job yet; use 'diagonal' or "
+                         "'identity' there, or run EK-FAC in one process")
     ecfg = runs.require(dataset, embeddings_run, "ssl_embeddings", "compute_ssl_embeddings")
     names = influence_fields(run_key)
     ids, paths = canonical(samples)
@@ -117,51 +124,68 @@ def compute_ssl_influence(
         rdir = run.artifacts
         run.config.update(backbone=net.spec.to_dict(), influence=cfg.to_dict())
         t0 = time.perf_counter()
-        pool = DecodedImages(paths, ids, net.image_size, rdir)
+        # in a torchrun job each rank decodes and scores its contiguous share of the samples and the results are
+        # gathered in order; EK-FAC (not sharded: rank 0 fits it) needs every image, so there each rank decodes all
+        part = range(len(ids)) if curvature == "ekfac" else distributed.shard(len(ids))
+        pool = DecodedImages(paths[part.start:part.stop], ids[part.start:part.stop], net.image_size, rdir)
         try:
-            n = len(pool.ids)
+            if curvature == "ekfac":
+                scored, mine = pool.ids, distributed.shard(len(pool.ids))
+                rows, first = np.arange(mine.start, mine.stop), mine.start  # first: this rank's first scored row
+            else:
+                scored, counts = distributed.gather_list(pool.ids), distributed.gather_list([len(pool.ids)])
+                rows, first = np.arange(len(pool.ids)), sum(counts[:distributed.context().rank])
+            n = len(scored)
             if n < 2:
                 raise ValueError(f"influence needs at least 2 readable images; {n} of {len(ids)} could be decoded")
             # every chunk below is kept as it completes (run.chunk): a re-run after a kill redoes only the rest;
-            # names carry the decoded set and batch size, so rows can never shift onto other samples
-            tag = fingerprint(pool.ids, batch_size, length=10)
-            loss = np.concatenate([run.chunk(f"{tag}-loss-{b * 256}-{b * 256 + len(x)}",
+            # names carry the decoded set, batch size and (global) rows, so rows can never shift onto other samples
+            tag = fingerprint(scored, batch_size, length=10)
+            loss = np.concatenate([run.chunk(f"{tag}-loss-{first + b * 256}-{first + b * 256 + len(x)}",
                                              lambda x=x: {"loss": aug_losses(f, x, cfg).cpu().numpy()})["loss"]
-                                   for b, x in enumerate(pool.batches(dev, 256))])
+                                   for b, x in enumerate(pool.batches(dev, 256, rows))] or [np.zeros(0, np.float32)])
+            loss = distributed.gather_rows(loss)
             progress(0.1, "augmentation losses")
 
             diag, lam, sketch = None, None, None
             if curvature == "diagonal":
-                def fit_once() -> dict[str, np.ndarray]:
-                    d, dmp = fit_diagonal(f, lambda: pool.batches(dev, batch_size), cfg)
-                    return {"diag": d.cpu().numpy(), "damping": np.float64(dmp)}
+                def sums_once() -> dict[str, np.ndarray]:  # this rank's sums only: no collective inside a chunk
+                    total, count = fisher_sums(f, lambda: pool.batches(dev, batch_size, rows), cfg)
+                    return {"total": total.cpu().numpy(), "n": np.int64(count)}
 
-                fit = run.chunk(f"{tag}-diagonal", fit_once)
-                diag, lam = torch.as_tensor(fit["diag"]).to(dev), float(fit["damping"])
-                torch.save({"diag": diag.cpu(), "damping": lam}, os.path.join(rdir, "diagonal.pt"))
+                fit = run.chunk(f"{tag}-diagonal-{first}-{first + len(rows)}", sums_once)
+                diag, lam = fit_diagonal(f, None, cfg, sums=(torch.as_tensor(fit["total"]).to(dev), int(fit["n"])))
+                if run.primary:
+                    torch.save({"diag": diag.cpu(), "damping": lam}, os.path.join(rdir, "diagonal.pt"))
                 progress(0.4, "diagonal Fisher fitted")
             scale = preconditioner(cfg, diag, lam)
             tracked = set(tracked_parameters(f, cfg))
             n_params = sum(p.numel() for name, p in f.named_parameters() if name in tracked)
             if project_dim:
                 sketch = CountSketch(n_params, project_dim, seed, dev)
-            si, sketches = np.zeros(n), []
-            for b, x in enumerate(pool.batches(dev, batch_size)):
+            si, sketches = np.zeros(len(rows)), [torch.zeros(0, project_dim)]
+            for b, x in enumerate(pool.batches(dev, batch_size, rows)):
                 if curvature != "ekfac" or sketch is not None:
                     s0 = b * batch_size
-                    out = run.chunk(f"{tag}-grads-{s0}-{s0 + len(x)}", lambda x=x: _grad_chunk(f, x, cfg, scale, sketch))
+                    g0 = first + s0
+                    out = run.chunk(f"{tag}-grads-{g0}-{g0 + len(x)}", lambda x=x: _grad_chunk(f, x, cfg, scale, sketch))
                     if curvature != "ekfac":
                         si[s0:s0 + len(x)] = out["si"]
                     if sketch is not None:
                         sketches.append(torch.as_tensor(out["sketch"]))
-                progress(0.4 + 0.3 * min(1.0, (b + 1) * batch_size / n), "per-example gradients")
-            if curvature == "ekfac":
-                ek = EKFAC(f, cfg, os.path.join(rdir, "kronfluence"), dev, batch_size)
-                progress(0.7, "fitting EK-FAC factors")
-                images = pool.subset()
-                ek.fit(images, fit_max_examples)
-                progress(0.85, "EK-FAC self-influence")
-                si = ek.self_influence(images)
+                progress(0.4 + 0.3 * min(1.0, (b + 1) * batch_size / max(len(rows), 1)), "per-example gradients")
+            si = distributed.gather_rows(si)
+            z = distributed.gather_rows(torch.cat(sketches)) if sketch is not None else None
+            if curvature == "ekfac":  # kronfluence is not sharded: rank 0 fits and scores, the others wait for it
+                si = None
+                if run.primary:
+                    ek = EKFAC(f, cfg, os.path.join(rdir, "kronfluence"), dev, batch_size)
+                    progress(0.7, "fitting EK-FAC factors")
+                    images = pool.subset()
+                    ek.fit(images, fit_max_examples)
+                    progress(0.85, "EK-FAC self-influence")
+                    si = ek.self_influence(images)
+                si = distributed.broadcast(si)
                 lam = cfg.damping
             if not np.isfinite(si).all() or not np.isfinite(loss).all():
                 raise FloatingPointError("influence scores are not finite (the model or its gradients hold NaN)")
@@ -173,28 +197,28 @@ def compute_ssl_influence(
         pct = 100.0 * (1 - rank / max(n - 1, 1))
         columns = {"self_influence": si, "rank": rank, "percentile": pct, "aug_loss": loss}
         pairs, dup_of, dup_score = [], [None] * n, [None] * n
-        if sketches:
-            z = torch.cat(sketches)
-            np.save(os.path.join(rdir, "grad_sketch.npy"), z.numpy())
-            with open(os.path.join(rdir, "grad_sketch_ids.txt"), "w") as fh:
-                fh.write("\n".join(pool.ids))
+        if z is not None:
+            if run.primary:
+                np.save(os.path.join(rdir, "grad_sketch.npy"), z.numpy())
+                with open(os.path.join(rdir, "grad_sketch_ids.txt"), "w") as fh:
+                    fh.write("\n".join(scored))
             nn_idx, nn_sim = _nearest_by_cosine(z.to(dev))
-            dup_of = [pool.ids[j] for j in nn_idx]
+            dup_of = [scored[j] for j in nn_idx]
             dup_score = nn_sim.tolist()
             seen = set()
             for i in np.argsort(-nn_sim):
-                pair = tuple(sorted((pool.ids[i], pool.ids[nn_idx[i]])))
+                pair = tuple(sorted((scored[i], scored[nn_idx[i]])))
                 if pair not in seen:
                     seen.add(pair)
                     pairs.append({"a": pair[0], "b": pair[1], "cosine": float(nn_sim[i])})
                 if len(pairs) >= 1000:
                     break
         for k, v in columns.items():
-            run.write(k, pool.ids, np.asarray(v).tolist())
-        run.write("dup_of", pool.ids, dup_of)
-        run.write("dup_score", pool.ids, dup_score)
-        scored = set(pool.ids)
-        bad = [i for i in ids if i not in scored]
+            run.write(k, scored, np.asarray(v).tolist())
+        run.write("dup_of", scored, dup_of)
+        run.write("dup_score", scored, dup_score)
+        done = set(scored)
+        bad = [i for i in ids if i not in done]
         run.write("error", bad, ["the image could not be decoded"] * len(bad))
         summary = run.commit(fields=list(names.values()), num_samples=len(ids), num_scored=n,
                              num_skipped=len(ids) - n, curvature=curvature, damping=lam, num_params=int(n_params),
@@ -215,16 +239,18 @@ def _grad_chunk(f, x, cfg, scale, sketch) -> dict[str, np.ndarray]:
 
 
 def _nearest_by_cosine(z: torch.Tensor, chunk: int = 4096) -> tuple[np.ndarray, np.ndarray]:
-    """Each row's most similar other row by cosine, in (chunk x N) blocks."""
+    """Each row's most similar other row by cosine, in (chunk x N) blocks (each rank of a torchrun job takes its
+    rows; the result is gathered)."""
     z = torch.nn.functional.normalize(z.float(), dim=1)
-    idx, sim = [], []
-    for s in range(0, len(z), chunk):
-        c = z[s:s + chunk] @ z.T
+    mine = distributed.shard(len(z))
+    idx, sim = [torch.zeros(0, dtype=torch.int64)], [torch.zeros(0)]
+    for s in range(mine.start, mine.stop, chunk):
+        c = z[s:min(s + chunk, mine.stop)] @ z.T
         c[torch.arange(len(c)), torch.arange(s, s + len(c))] = -2  # not itself
         m = c.max(1)
         idx.append(m.indices.cpu())
         sim.append(m.values.cpu())
-    return torch.cat(idx).numpy(), torch.cat(sim).numpy()
+    return distributed.gather_rows(torch.cat(idx)).numpy(), distributed.gather_rows(torch.cat(sim)).numpy()
 
 
 def find_influential_training_samples(

@@ -27,6 +27,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from . import distributed
+
 MODES = ("released", "greedy")
 
 
@@ -53,13 +55,16 @@ class ViewSet:
 
 
 def class_scores(views: ViewSet, tile: int = 2048) -> torch.Tensor:
-    """r_i = sum_j max(s_ij, 0) over all examples of one class, accumulated in (tile x tile) blocks. (n,) float64."""
-    n = views.n
-    r = torch.zeros(n, dtype=torch.float64, device=views.zsum.device)
-    for a in range(0, n, tile):
-        for b in range(0, n, tile):
-            r[a:a + tile] += views.block(slice(a, a + tile), slice(b, b + tile)).clamp_min(0).sum(1).double()
-    return r
+    """r_i = sum_j max(s_ij, 0) over all examples of one class, accumulated in (tile x tile) blocks. (n,) float64.
+
+    In a torchrun job each rank sums its contiguous rows and every rank gets all of r (:mod:`distributed`)."""
+    mine = distributed.shard(views.n)
+    r = torch.zeros(len(mine), dtype=torch.float64, device=views.zsum.device)
+    for a in range(mine.start, mine.stop, tile):
+        end = min(a + tile, mine.stop)
+        for b in range(0, views.n, tile):
+            r[a - mine.start:end - mine.start] += views.block(slice(a, end), slice(b, b + tile)).clamp_min(0).sum(1).double()
+    return distributed.gather_rows(r)
 
 
 def released_order(r: np.ndarray) -> np.ndarray:

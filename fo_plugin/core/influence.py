@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call, grad, vmap
 
+from . import distributed
 from .augment import AugmentConfig, augment
 
 CURVATURES = ("ekfac", "diagonal", "identity")
@@ -183,13 +184,30 @@ class CountSketch:
 BatchIter = Callable[[], Iterator[torch.Tensor]]
 
 
-def fit_diagonal(f: SSLOutput, batches: BatchIter, cfg: InfluenceConfig) -> tuple[torch.Tensor, float]:
-    """Diagonal empirical Fisher E[g^2] over the fit batches and the damping used with it."""
+def fisher_sums(f: SSLOutput, batches: BatchIter, cfg: InfluenceConfig) -> tuple[torch.Tensor, int]:
+    """(sum of g^2 over the examples of ``batches``, (P,); their number): this process's part of the diagonal
+    empirical Fisher."""
     total, n = None, 0
     for x in batches():
         g = per_example_grads(f, x, cfg)
         total = g.pow(2).sum(0) if total is None else total + g.pow(2).sum(0)
         n += len(g)
+    if total is None:  # no rows here (a rank of a torchrun job with none): P comes from the tracked parameters
+        params = dict(f.named_parameters())
+        total = torch.zeros(sum(params[p].numel() for p in tracked_parameters(f, cfg)),
+                            device=next(iter(params.values())).device)
+    return total, n
+
+
+def fit_diagonal(f: SSLOutput, batches: BatchIter | None, cfg: InfluenceConfig,
+                 sums: tuple[torch.Tensor, int] | None = None) -> tuple[torch.Tensor, float]:
+    """Diagonal empirical Fisher E[g^2] over the fit batches and the damping used with it.
+
+    ``sums``: :func:`fisher_sums` already taken (instead of ``batches``). In a torchrun job they are this rank's and
+    are summed over every rank's (:mod:`distributed`)."""
+    total, n = sums if sums is not None else fisher_sums(f, batches, cfg)
+    total = distributed.all_reduce_sum(total)
+    n = int(distributed.all_reduce_sum(torch.tensor(n)))
     diag = total / max(n, 1)
     damping = cfg.damping if cfg.damping is not None else 0.1 * diag.mean().item()
     return diag, damping

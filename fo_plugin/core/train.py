@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from . import distributed
 from .augment import AugmentConfig, augment
 from .device import autocast, memory_format
 from .images import to_float
@@ -54,6 +55,11 @@ def train_proxy(images: np.ndarray, keys: torch.Tensor, cfg: TrainConfig, device
             when it exists, training resumes after its last epoch and ends with the same weights as an
             uninterrupted run (batch order and augmentations are pure functions of the seed and epoch).
 
+    In a ``torch.distributed`` job (see :mod:`distributed`) every rank takes its contiguous slice of each global
+    batch; batch norm and the NT-Xent negatives span the global batch and the gradients are summed over ranks, so
+    the ranks train the one-process model (up to float rounding) for the same seed and ``batch_size``. Rank 0 alone
+    saves the state file (and its saved state is what every rank resumes from).
+
     Returns:
         the model in eval mode, and one history row per epoch (loss, images/s).
     """
@@ -62,13 +68,18 @@ def train_proxy(images: np.ndarray, keys: torch.Tensor, cfg: TrainConfig, device
         raise ValueError(f"proxy training needs at least 2 images, got {n}")
     torch.manual_seed(cfg.seed)
     fmt = memory_format(cfg.channels_last)
-    model = ProxyModel(model_cfg or ProxyConfig(image_size=cfg.augment.size)).to(device, memory_format=fmt).train()
+    model = ProxyModel(model_cfg or ProxyConfig(image_size=cfg.augment.size))
+    model = distributed.sync_batchnorm(model).to(device, memory_format=fmt).train()
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     gen = np.random.default_rng(cfg.seed)
     bs = min(cfg.batch_size, n)
     history, first = [], 0
-    if state_path and os.path.isfile(state_path):
-        state = torch.load(state_path, map_location=device, weights_only=True)
+    primary = distributed.is_primary()
+    state = None
+    if state_path and primary and os.path.isfile(state_path):
+        state = torch.load(state_path, map_location="cpu", weights_only=True)
+    state = distributed.broadcast(state)  # rank 0's saved state, on every rank
+    if state is not None:
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         history, first = state["history"], len(state["history"])
@@ -79,20 +90,25 @@ def train_proxy(images: np.ndarray, keys: torch.Tensor, cfg: TrainConfig, device
         t0, losses = time.perf_counter(), []
         for start in range(0, n - bs + 1, bs):  # drop the last partial batch: BN and InfoNCE want full batches
             idx = np.sort(order[start:start + bs])
+            mine = distributed.shard(len(idx))
+            idx = idx[mine.start:mine.stop]  # this rank's slice of the global batch (all of it in one process)
             x = to_float(images[idx], device)
             k = keys[idx].to(device)
             with autocast(device, cfg.precision):
                 v1 = augment(x, k, cfg.augment, cfg.seed + epoch, 0).contiguous(memory_format=fmt)
                 v2 = augment(x, k, cfg.augment, cfg.seed + epoch, 1).contiguous(memory_format=fmt)
-                loss = nt_xent(model(v1), model(v2), cfg.temperature)
+                z1 = distributed.gather_with_grad(model(v1))  # (B, D): the global batch's projections
+                z2 = distributed.gather_with_grad(model(v2))
+                loss = nt_xent(z1, z2, cfg.temperature)
             opt.zero_grad(set_to_none=True)
             loss.backward()
+            distributed.all_reduce_grads(model)  # the global batch's gradient on every rank
             opt.step()
             losses.append(loss.item())
         dt = time.perf_counter() - t0
         row = {"epoch": epoch, "loss": float(np.mean(losses)), "images_per_s": (n // bs) * bs / dt}
         history.append(row)
-        if state_path:
+        if state_path and primary:
             tmp = state_path + ".tmp"
             torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "history": history}, tmp)
             os.replace(tmp, state_path)
