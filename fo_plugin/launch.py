@@ -42,6 +42,7 @@ def main(argv: list[str] | None = None) -> dict:
         samples = dataset.load_saved_view(args.view) if args.view else dataset
         fn = {"embeddings": fo_plugin.compute_ssl_embeddings, "influence": fo_plugin.compute_ssl_influence,
               "clcore": fo_plugin.compute_clcore}[args.stage]
+        kwargs.setdefault("progress", ctx.rank == 0)  # one progress bar for the job, on rank 0
         out = fn(samples, args.key, **kwargs) if args.key else fn(samples, **kwargs)
         if ctx.rank == 0:
             print(json.dumps(out, default=str), flush=True)
