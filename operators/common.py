@@ -54,16 +54,24 @@ class CurationOperator(foo.Operator):
         return self._stream(ctx)
 
     def _stream(self, ctx):
-        out = yield from stream_progress(ctx, lambda progress: self.run(ctx, progress))
+        try:
+            out = yield from stream_progress(ctx, lambda progress: self.run(ctx, progress))
+        except Exception as e:  # FiftyOne cannot report an exception from inside a stream: say it first
+            yield ctx.ops.notify(f"{self.config.label} failed: {e}", variant="error")
+            raise
         yield ctx.ops.show_output(self.resolve_output(ctx).to_json(), out)
         yield from self.after(ctx, out)
 
     @staticmethod
     def delegated_progress(ctx):
         def report(fraction: float, label: str) -> None:
-            ctx.set_progress(progress=min(max(fraction, 0.0), 1.0), label=label)
+            ctx.set_progress(progress=_unit(fraction), label=label)
 
         return report
+
+
+def _unit(fraction: float) -> float:
+    return min(max(float(fraction), 0.0), 1.0)
 
 
 def stream_progress(ctx, work):
@@ -80,7 +88,7 @@ def stream_progress(ctx, work):
     def target() -> None:
         try:
             box["out"] = work(lambda fraction, label: updates.put((fraction, label)))
-        except BaseException as e:  # re-raised in the generator, where FiftyOne reports it
+        except BaseException as e:  # re-raised in the generator (see CurationOperator._stream)
             box["error"] = e
         finally:
             updates.put(done)
@@ -94,7 +102,7 @@ def stream_progress(ctx, work):
                 break
             item = nxt
         fraction, label = item
-        yield ctx.ops.set_progress(label=label, progress=min(max(float(fraction), 0.0), 1.0))
+        yield ctx.ops.set_progress(label=label, progress=_unit(fraction))
     if "error" in box:
         raise box["error"]
     return box["out"]

@@ -96,7 +96,7 @@ class FindInfluentialTrainingSamples(CurationOperator):
         return out
 
     def after(self, ctx, out):
-        return [ctx.ops.set_view(name=out["saved_views"][0])]  # show what shaped the selected images
+        return [*super().after(ctx, out), ctx.ops.set_view(name=out["saved_views"][0])]  # what shaped them
 
     def resolve_output(self, ctx):
         outputs = types.Object()

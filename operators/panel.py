@@ -8,21 +8,26 @@ from fiftyone.operators import types
 
 PLUGIN = "@fo-ssl/ssl-curation"
 PANEL = "ssl_curation_panel"
-_STORE, _OPEN = "ssl_curation_panels", "open_panel_ids"  # the dataset's open curation panels (an execution store)
-_OPEN_TTL = 7 * 24 * 3600  # a panel whose tab closed without unloading is forgotten after a week
+_STORE = "ssl_curation_panels"  # the dataset's open curation panels: one key per panel (an execution store)
+_OPEN_TTL = 24 * 3600  # renewed on each load and refresh; a tab closed without unloading is forgotten in a day
 
 
 def refresh_open_panels(ctx) -> list:
-    """Triggers that make each open curation panel of this dataset re-read the runs: a finished run shows at
-    once (``refresh`` is the panel's own method, called through FiftyOne's ``<panel>#<method>`` URI)."""
-    return [ctx.trigger(f"{PLUGIN}/{PANEL}#refresh", {"panel_id": pid})
-            for pid in ctx.store(_STORE).get(_OPEN) or []]
+    """Triggers that make the open curation panels of this dataset re-read the runs, so a finished run shows at
+    once (``refresh`` is the panel's own method, called through FiftyOne's ``<panel>#<method>`` URI). A trigger
+    reaches the App session that ran the operator; panels open elsewhere refresh on their next load or Refresh."""
+    return [ctx.trigger(f"{PLUGIN}/{PANEL}#refresh", {"panel_id": key.removeprefix("panel:")})
+            for key in ctx.store(_STORE).list_keys() if key.startswith("panel:")]
 
 
 def _remember(ctx, is_open: bool) -> None:
+    if ctx.dataset is None or not ctx.panel_id:
+        return
     store = ctx.store(_STORE)
-    ids = [i for i in store.get(_OPEN) or [] if i != ctx.panel_id]
-    store.set(_OPEN, ids + [ctx.panel_id] if is_open else ids, ttl=_OPEN_TTL)
+    if is_open:
+        store.set(f"panel:{ctx.panel_id}", True, ttl=_OPEN_TTL)
+    else:
+        store.delete(f"panel:{ctx.panel_id}")
 
 
 class CurationPanel(foo.Panel):
@@ -40,9 +45,11 @@ class CurationPanel(foo.Panel):
         _remember(ctx, False)
 
     def on_change_dataset(self, ctx):
+        _remember(ctx, True)  # under the new dataset (the old one's key expires)
         self._refresh(ctx)
 
     def refresh(self, ctx):
+        _remember(ctx, True)
         self._refresh(ctx)
 
     def _refresh(self, ctx):

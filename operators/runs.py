@@ -40,5 +40,9 @@ class DeleteSSLRun(CurationOperator):
         if not ctx.params.get("confirm"):
             raise ValueError("deletion not confirmed")
         runs.delete_run(ctx.dataset, ctx.params["run_key"])
-        ctx.trigger("reload_dataset")
+        if not ctx.delegated:
+            from .panel import refresh_open_panels
+
+            ctx.trigger("reload_dataset")
+            refresh_open_panels(ctx)
         return {"deleted": ctx.params["run_key"]}

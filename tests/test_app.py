@@ -88,6 +88,7 @@ def test_app_lists_our_operators_renders_a_form_and_the_curation_panel(app_serve
     assert pages["countAfter"].startswith(f"{len(ds.load_saved_view(name)):,}"), (pages["countAfter"], name)
     # an operator executed in the App (a generator: progress streamed) shows its outputs when it ends, and the open
     # panel lists the new run without a click on Refresh
+    ds.reload()  # the run was recorded by the App's server process
     quality = [r for r in workbench.list_overview(ds) if r["key"] == "quality"]
     assert quality and quality[0]["status"] == "complete", "the quality run executed in the App did not complete"
     assert "Images with at least one issue" in pages["ran"], pages["ran"][-1500:]

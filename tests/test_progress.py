@@ -3,6 +3,7 @@ FiftyOne's ``show_progress_bars``, a callable receives ``(fraction, label)`` (wh
 
 import fiftyone as fo
 import pytest
+from fiftyone import ViewField as F
 
 import fo_plugin
 
@@ -37,3 +38,61 @@ def test_progress_callback_receives_fractions_and_labels(small, capsys):
     fo_plugin.find_quality_issues(small, "q_callback", progress=lambda f, s: seen.append((f, s)))
     assert seen and all(0.0 <= f <= 1.0 and isinstance(s, str) and s for f, s in seen)
     assert "quality flags" not in capsys.readouterr().err  # the callback replaces the bar
+
+
+def test_an_operator_executed_immediately_streams_progress_then_shows_its_outputs(small):
+    from conftest import run_op
+
+    res = run_op("find_quality_issues", small, {"view_target": "DATASET", "run_key": "q_op"})
+    assert res.error is None, res.error
+    sent = [r["operator_uri"] for r in res.executor.to_json()["requests"]]
+    first_output = sent.index("show_output")
+    assert sent[:first_output] and set(sent[:first_output]) == {"set_progress"}  # progress while it runs
+    assert sent[first_output + 1] == "reload_dataset"
+    assert res.result["num_flagged"] == len(small.exists("q_op_issues").match(F("q_op_issues").length() > 0))
+
+
+class _Ops:
+    def set_progress(self, label=None, progress=None):
+        return ("progress", progress, label)
+
+    def notify(self, message, variant=None):
+        return ("notify", variant, message)
+
+
+def test_stream_progress_returns_the_result_merges_a_backlog_and_reraises_the_stage_error():
+    import threading
+    import types
+
+    from operators.common import stream_progress
+
+    ctx = types.SimpleNamespace(ops=_Ops())
+    go = threading.Event()
+
+    def work(progress):
+        for i in range(50):  # reported before the generator reads any: one backlog
+            progress(i / 50, f"step {i}")
+        go.wait(5)
+        progress(1.0, "last")
+        return {"ok": 1}
+
+    gen = stream_progress(ctx, work)
+    first = next(gen)
+    go.set()
+    rest, out = [], None
+    try:
+        while True:
+            rest.append(next(gen))
+    except StopIteration as stop:
+        out = stop.value
+    assert out == {"ok": 1}
+    sent = [first, *rest]
+    assert len(sent) < 51 and sent[-1] == ("progress", 1.0, "last")
+    assert [p for _, p, _ in sent] == sorted(p for _, p, _ in sent)
+
+    def fail(progress):
+        progress(0.5, "half")
+        raise FloatingPointError("loss is NaN")
+
+    with pytest.raises(FloatingPointError, match="loss is NaN"):
+        list(stream_progress(ctx, fail))

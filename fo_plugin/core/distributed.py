@@ -2,7 +2,8 @@
 
 Every rank reads the same samples in the same canonical order, works on its contiguous :func:`shard` of them and
 :func:`gather_rows` puts the pieces back in the original order on every rank; only the primary rank (0) writes. In a
-single process (no process group) every function here is the identity, so the library has one code path.
+single process (no process group, or one this module did not join with :func:`init`) every function here is the
+identity, so the library has one code path.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import timedelta
 
 import numpy as np
 import torch
@@ -27,26 +29,36 @@ class Context:
     initialised: bool = False
 
 
+_joined = False  # set by init(): a process group made by someone else (a user's own DDP script) is not ours to use
+TIMEOUT = timedelta(hours=6)  # ranks wait for rank 0's database writes and commit: far longer than torch's default
+
+
 def context() -> Context:
-    """The current process group (a one-process context when none is initialised)."""
-    if not (dist.is_available() and dist.is_initialized()):
+    """The job this process shares work in: a one-process context unless :func:`init` joined a process group."""
+    if not (_joined and dist.is_available() and dist.is_initialized()):
         return Context()
     return Context(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", 0)), True)
 
 
-def init(backend: str = "auto") -> Context:
-    """Join the process group ``torchrun`` describes (env vars ``RANK``, ``WORLD_SIZE``, ``MASTER_ADDR`` ...).
+def init(backend: str = "auto", timeout: timedelta = TIMEOUT) -> Context:
+    """Join the process group ``torchrun`` describes (env vars ``RANK``, ``WORLD_SIZE``, ``MASTER_ADDR`` ...), so
+    that the library's stages share their work over it (``python -m fo_plugin.launch`` calls this; without it the
+    library never joins a collective, even inside someone else's process group).
 
-    ``backend="auto"``: nccl where CUDA is available (each rank on ``cuda:LOCAL_RANK``), gloo on CPU. A no-op when
-    ``WORLD_SIZE`` is absent or 1, or the group is already initialised.
+    ``backend="auto"``: nccl where CUDA is available (each rank on ``cuda:LOCAL_RANK``), gloo on CPU. ``timeout``:
+    how long a collective may wait (the other ranks wait while rank 0 alone writes fields and commits). Joins an
+    already initialised group as it is; a no-op when ``WORLD_SIZE`` is absent or 1.
     """
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or (dist.is_available() and dist.is_initialized()):
+    global _joined
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 and not (dist.is_available() and dist.is_initialized()):
         return context()
-    if backend == "auto":
-        backend = "nccl" if torch.cuda.is_available() else "gloo"
-    if backend == "nccl":
-        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
-    dist.init_process_group(backend)
+    if not dist.is_initialized():
+        if backend == "auto":
+            backend = "nccl" if torch.cuda.is_available() else "gloo"
+        if backend == "nccl":
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
+        dist.init_process_group(backend, timeout=timeout)
+    _joined = True
     return context()
 
 

@@ -52,8 +52,12 @@ const { chromium } = require('playwright-core');
   const open = page.getByText(/^Open view: /).first();
   const view = await open.innerText();
   await open.click();
-  await page.waitForTimeout(5000);
-  const countAfter = await count();
+  let countAfter = countBefore;  // the grid reloads the view: wait for its count to change (slow on a loaded machine)
+  for (let i = 0; i < 30 && countAfter === countBefore; i++) {
+    await page.waitForTimeout(1000);
+    countAfter = await count();
+  }
+  await page.waitForTimeout(1000);
   await page.screenshot({ path: `${out}/app_panel_view.png` });
   // run an operator from the App (immediate execution, a generator): its outputs are shown when it ends, and the
   // open panel refreshes by itself
