@@ -107,5 +107,6 @@ def test_sort_by_similarity_and_the_embeddings_map_in_the_app(similar_app):
 
     # the Embeddings panel: our map, one point per sample of the dataset
     assert MAP in page["map_text"] and f"{len(ds)} points" in page["map_text"]
+    assert page["colored"], page["color_options"]  # coloured by a field of the dataset (here the label)
     for shot in ("app_similarity.png", "app_embeddings_map.png"):
         assert os.path.getsize(os.path.join(ARTIFACTS, shot)) > 10_000

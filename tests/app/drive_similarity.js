@@ -46,18 +46,20 @@ async function dismissPopups(page) {
   await page.getByText(mapKey, { exact: true }).first().click({ timeout: 30000 });
   await page.waitForTimeout(4000);
   await dismissPopups(page);
+  let colored = false, colorOptions = [];
   if (colorBy) {  // the "Color by" menu of the panel's toolbar
     await page.getByText('Color by', { exact: true }).first().locator('xpath=..').click();
     await page.waitForTimeout(1000);
-    const opts = await page.getByRole('option').allInnerTexts().catch(() => []);
-    console.error('color options: ' + JSON.stringify(opts));
+    colorOptions = await page.getByRole('option').allInnerTexts().catch(() => []);
     const opt = page.getByRole('option', { name: colorBy, exact: true });
-    if (await opt.count()) await opt.first().click();
+    colored = (await opt.count()) > 0;
+    if (colored) await opt.first().click();
     else await page.keyboard.press('Escape');
     await page.waitForTimeout(3000);
   }
   const mapText = await page.evaluate(() => document.body.innerText);
   await page.screenshot({ path: `${out}/app_embeddings_map.png` });
-  console.log(JSON.stringify({ grid: pages.length ? pages[0] : [], grid_text: gridText, map_text: mapText }));
+  console.log(JSON.stringify({ grid: pages.length ? pages[0] : [], grid_text: gridText, map_text: mapText, colored,
+                               color_options: colorOptions }));
   await context.close();
 })().catch((e) => { console.error(e); process.exit(1); });
