@@ -243,7 +243,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sizes", type=int, nargs="+", default=[10_000, 50_000], help="N values (10000 to 1000000)")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--stages", default=",".join(STAGES), help=f"comma-separated subset of {','.join(STAGES)}")
+    ap.add_argument("--stages", default=",".join(s for s in STAGES if s not in CORE_STAGES),
+                    help=f"comma-separated subset of {','.join(STAGES)}")
     ap.add_argument("--timeout", type=float, default=1800, help="seconds allowed to one stage (ours or Brain's)")
     ap.add_argument("--core", action="store_true", help="only the numeric core of our stages (no FiftyOne)")
     ap.add_argument("--child", help=argparse.SUPPRESS)

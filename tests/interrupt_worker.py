@@ -9,7 +9,7 @@ pause: where the worker stops and waits to be killed, so the kill always lands a
                      written: e.g. the first chunk of embeddings staged);
   ``epoch:E``     -- inside proxy training, at the second batch of epoch E (0-based): the state file holds the
                      epochs before E and one optimiser step of epoch E is only in memory;
-  ``commit``      -- inside the commit, after the first staged field was renamed into place.
+  ``commit``      -- inside the commit, after the staged fields were renamed into place.
 Every progress report is appended to the signal file as ``progress <fraction> <label>``; the pause writes
 ``paused <what>`` and then sleeps until the test kills the process. If the stage ends it writes ``finished``.
 """
@@ -46,14 +46,14 @@ def main() -> None:
     if kind == "commit":
         import fiftyone as fo
 
-        real_rename = fo.Dataset.rename_sample_field
+        real_renames = fo.Dataset.rename_sample_fields
 
-        def rename(self, *args, **kw):  # the commit swaps staged fields in one rename at a time
-            out = real_rename(self, *args, **kw)
-            wait_for_kill(f"commit after renaming {args[0]!r}")
+        def renames(self, *args, **kw):  # the commit swaps the staged fields in with one rename of them all
+            out = real_renames(self, *args, **kw)
+            wait_for_kill(f"commit after renaming {sorted(args[0])!r}")
             return out
 
-        fo.Dataset.rename_sample_field = rename
+        fo.Dataset.rename_sample_fields = renames
 
     if kind == "epoch":
         import fo_plugin.core.train as train
