@@ -13,6 +13,12 @@ too) and ``compute_uniqueness(embeddings=field)``. Recall: near-copies = share o
 put in one group; outliers = share of planted outliers among the top 1% (twice their number) of the score, and\namong the top 2% (what ``find_outliers`` flags by default).
 
     python bench/bench_scale.py [--sizes 10000 50000] [--timeout 1800]   # --sizes 200000 1000000 also work
+    python bench/bench_scale.py --core --sizes 1000000   # the numeric core of our stages only, no FiftyOne
+
+``--core``: the same data as arrays, no dataset (making a 1M-sample dataset took over an hour on the busy 2-core
+machine): ``core_dups`` = ``embedding_candidates`` + ``groups``, ``core_outliers`` = ``outlier_scores`` of the
+embedding, ``core_clcore`` = k-means (50 classes) + ``select``; time and peak RSS of the whole child (data
+generation included in the memory, not in the time).
 """
 
 from __future__ import annotations
@@ -34,7 +40,12 @@ OURS_DUPLICATES = {"verify_threshold": None}
 STAGES = {  # stage -> (tool, what it is compared with)
     "dups": ("ours", "brain_dups"), "outliers": ("ours", "brain_uniqueness"), "clcore": ("ours", None),
     "brain_dups": ("brain", None), "brain_uniqueness": ("brain", None),
+    "core_dups": ("ours", None), "core_outliers": ("ours", None), "core_clcore": ("ours", None),
 }
+CORE_STAGES = ("core_dups", "core_outliers", "core_clcore")
+NAMES = {"dups": "near-duplicates", "outliers": "outliers / uniqueness", "clcore": "CL-Core (50 classes)",
+         "core_dups": "near-duplicates, core only", "core_outliers": "outliers, core only",
+         "core_clcore": "CL-Core, core only"}
 TRUTH_DIR = os.path.join(common.ROOT, ".cache", "bench-scale")
 
 
@@ -87,8 +98,42 @@ def _top_recall(ids: np.ndarray, is_out: np.ndarray, score: dict, times: int = 2
     return float(is_out[top].sum() / is_out.sum())
 
 
+def core_child(stage: str, n: int, seed: int) -> dict:
+    """The numeric core of one of our stages on the benchmark's vectors (no FiftyOne): time, peak memory, recall."""
+    import torch
+    from bench_knn import clustered
+
+    x, copy_of, is_out = clustered(n, seed=seed)
+    z = torch.as_tensor(x)
+    del x
+    t = time.perf_counter()
+    out = {"stage": stage, "n": n}
+    if stage == "core_dups":
+        from fo_plugin.core.duplicates import embedding_candidates, groups
+        group = groups(n, embedding_candidates(z, 10, 0.8))
+        dst = np.flatnonzero(copy_of >= 0)
+        out["recall"] = float(np.mean((group[dst] >= 0) & (group[dst] == group[copy_of[dst]])))
+    elif stage == "core_outliers":
+        from fo_plugin.core.outliers import outlier_scores
+        score = outlier_scores(z)["score"]
+        top = np.argsort(-score, kind="stable")
+        out["recall"] = float(is_out[top[:2 * is_out.sum()]].sum() / is_out.sum())
+        out["recall_2pct"] = float(is_out[top[:4 * is_out.sum()]].sum() / is_out.sum())
+    elif stage == "core_clcore":
+        from fo_plugin.core.clcore import select
+        from fo_plugin.core.kmeans import kmeans
+        labels = kmeans(torch.nn.functional.normalize(z, dim=1), 50, 0)[0].numpy()
+        select(z[None], labels, int(0.8 * n))
+    else:
+        raise ValueError(stage)
+    out.update(seconds=time.perf_counter() - t, peak_gb=_peak_gb())
+    return out
+
+
 def child(stage: str, n: int, seed: int) -> dict:
     """Run one stage on the benchmark dataset in this process; time, peak memory and recall."""
+    if stage in CORE_STAGES:
+        return core_child(stage, n, seed)
     import fiftyone as fo
 
     ds = fo.load_dataset(dataset_name(n, seed))
@@ -132,18 +177,40 @@ def child(stage: str, n: int, seed: int) -> dict:
 
 
 def run_stage(stage: str, n: int, seed: int, timeout: float) -> dict:
-    """``stage`` in a fresh subprocess (niced); a timeout or failure is reported, not raised."""
-    cmd = ["nice", "-n", "5", sys.executable, os.path.abspath(__file__), "--child", stage, "--sizes", str(n),
-           "--seed", str(seed)]
-    try:
-        p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=os.path.dirname(__file__))
-    except subprocess.TimeoutExpired:
-        return {"stage": stage, "n": n, "failed": f"over {timeout:.0f} s"}
-    lines = [ln for ln in p.stdout.splitlines() if ln.startswith("{")]
+    """``stage`` in a fresh subprocess (niced); a timeout or failure is reported, not raised. The child's peak RSS
+    is polled meanwhile, so a stage stopped at the timeout still reports the peak it had reached."""
+    import tempfile
+
+    cmd = [sys.executable, os.path.abspath(__file__), "--child", stage, "--sizes", str(n), "--seed", str(seed)]
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        p = subprocess.Popen(cmd, stdout=out, stderr=err, text=True, cwd=os.path.dirname(__file__),
+                             preexec_fn=lambda: os.nice(5))
+        start, peak = time.time(), 0.0
+        while p.poll() is None and time.time() - start < timeout:
+            peak = max(peak, _hwm_gb(p.pid))
+            time.sleep(0.5)
+        if p.poll() is None:
+            peak = max(peak, _hwm_gb(p.pid))
+            p.kill()
+            p.wait()
+            return {"stage": stage, "n": n, "failed": f"over {timeout:.0f} s, peak >= {peak:.2f} GB"}
+        out.seek(0)
+        err.seek(0)
+        stdout, stderr = out.read(), err.read()
+    lines = [ln for ln in stdout.splitlines() if ln.startswith("{")]
     if p.returncode != 0 or not lines:
-        err = (p.stderr.strip().splitlines() or ["no output"])[-1]
-        return {"stage": stage, "n": n, "failed": f"exit {p.returncode}: {err[:120]}"}
+        last = (stderr.strip().splitlines() or ["no output"])[-1]
+        return {"stage": stage, "n": n, "failed": f"exit {p.returncode}: {last[:120]}"}
     return json.loads(lines[-1])
+
+
+def _hwm_gb(pid: int) -> float:
+    """Peak RSS (VmHWM) of a running process in GB (0 once it is gone)."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            return next((int(ln.split()[1]) / 2**20 for ln in f if ln.startswith("VmHWM:")), 0.0)
+    except OSError:
+        return 0.0
 
 
 def report(results: list[dict]) -> None:
@@ -169,16 +236,17 @@ def report(results: list[dict]) -> None:
             ok = brain is not None and "failed" not in brain and "failed" not in ours
             speed = f"{brain['seconds'] / ours['seconds']:.2f}x" if ok else "-"
             mem = f"{ours['peak_gb'] / brain['peak_gb']:.2f}" if ok else "-"
-            name = {"dups": "near-duplicates", "outliers": "outliers / uniqueness", "clcore": "CL-Core (50 classes)"}
-            print(f"| {n:,} | {name[stage]} | {cell(ours)} | {cell(brain)} | {speed} | {mem} |")
+            print(f"| {n:,} | {NAMES[stage]} | {cell(ours)} | {cell(brain)} | {speed} | {mem} |")
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sizes", type=int, nargs="+", default=[10_000, 50_000], help="N values (10000 to 1000000)")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--stages", default=",".join(STAGES), help=f"comma-separated subset of {','.join(STAGES)}")
+    ap.add_argument("--stages", default=",".join(s for s in STAGES if s not in CORE_STAGES),
+                    help=f"comma-separated subset of {','.join(STAGES)}")
     ap.add_argument("--timeout", type=float, default=1800, help="seconds allowed to one stage (ours or Brain's)")
+    ap.add_argument("--core", action="store_true", help="only the numeric core of our stages (no FiftyOne)")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     args, _ = ap.parse_known_args()
     sizes = args.sizes
@@ -187,8 +255,9 @@ def main() -> None:
         return
     results = []
     for n in sizes:
-        make_dataset(n, args.seed)
-        for stage in args.stages.split(","):
+        if not args.core:
+            make_dataset(n, args.seed)
+        for stage in CORE_STAGES if args.core else args.stages.split(","):
             r = run_stage(stage, n, args.seed, args.timeout)
             print(json.dumps(r), file=sys.stderr, flush=True)
             results.append(r)

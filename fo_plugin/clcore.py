@@ -18,7 +18,7 @@ from .core.clcore import MODES, select
 from .core.device import resolve_device
 from .core.embed import embed_array
 from .core.kmeans import estimate_k, kmeans
-from .features import canonical, categorical_values, field_vectors, load_run_model, project_views
+from .features import canonical, categorical_values, field_vectors, load_run_model, project_views, take_rows
 from .progress import ProgressArg, reporter
 
 METHOD = runs.METHOD_PREFIX + "clcore"
@@ -175,7 +175,7 @@ def compute_clcore(
         if len(valid) < 2:
             raise ValueError(f"CL-Core needs at least 2 samples with a usable embedding"
                              f"{' and label' if latent == 'label_field' else ''}; {len(valid)} of {len(ids)} have one")
-        zv = z[:, torch.as_tensor(valid, device=dev)]
+        zv = take_rows(z, valid)
         if latent == "kmeans":
             pooled = torch.nn.functional.normalize(zv.float(), dim=-1).mean(0)
             if num_classes is not None and num_classes > len(valid):

@@ -16,7 +16,7 @@ from . import params, runs
 from .core.duplicates import DUPLICATE_THRESHOLD, aligned_pair_scores, embedding_candidates, groups, representatives
 from .core.hashing import array_hash, file_hash, hash_groups, pixel_hash
 from .core.splits import leaky_fractions, leaky_groups
-from .features import DecodedImages, canonical, field_vectors
+from .features import DecodedImages, canonical, field_vectors, take_rows
 from .progress import ProgressArg, reporter
 
 METHOD = runs.METHOD_PREFIX + "near_duplicates"
@@ -171,7 +171,7 @@ def find_near_duplicates(
         z, ok, rejected = field_vectors(samples, embeddings_field, ids)
         valid = np.flatnonzero(ok)
         vids, vpaths = [ids[i] for i in valid], [paths[i] for i in valid]
-        cand = embedding_candidates(z[0, torch.as_tensor(valid)], k, threshold, mutual) if len(valid) > 1 \
+        cand = embedding_candidates(take_rows(z[0], valid), k, threshold, mutual) if len(valid) > 1 \
             else np.zeros((0, 3))
         progress(0.3, f"{len(cand)} candidate pairs")
         evidence = {"cosine": cand[:, 2]}

@@ -209,6 +209,15 @@ def field_vectors(samples: fo.core.collections.SampleCollection, field: str, ids
     return torch.as_tensor(z)[None], ok, rejected
 
 
+def take_rows(z: torch.Tensor, rows: np.ndarray) -> torch.Tensor:
+    """Rows ``rows`` of (..., N, D) ``z`` (along the sample dimension); ``z`` itself when they are all N in order:
+    no copy of an (N, D) array that may be gigabytes (the usual case: every sample has a vector)."""
+    rows = np.asarray(rows)
+    if len(rows) == z.shape[-2] and np.array_equal(rows, np.arange(len(rows))):
+        return z
+    return z[..., torch.as_tensor(rows, device=z.device), :]
+
+
 STATS_SIZE = 32  # image statistics are compared at one decoded size (their defaults were chosen at 32 px)
 
 

@@ -8,12 +8,11 @@ import time
 
 import fiftyone as fo
 import numpy as np
-import torch
 from fiftyone import ViewField as F
 
 from . import params, runs
 from .core.outliers import SCALES, WEIGHTS, outlier_scores
-from .features import canonical, field_vectors, image_statistics
+from .features import canonical, field_vectors, image_statistics, take_rows
 from .progress import ProgressArg, reporter
 
 METHOD = runs.METHOD_PREFIX + "outliers"
@@ -128,7 +127,7 @@ def find_outliers(
         if len(vids) < 3:
             raise ValueError(f"outlier scores need at least 3 samples that can be scored; {len(vids)} can be")
         extra = {"influence": np.array([by_id[i] for i in vids], dtype=float)} if influence_run else None
-        parts = outlier_scores(z[0, torch.as_tensor(valid)] if z is not None else None, scales, extra,
+        parts = outlier_scores(take_rows(z[0], valid) if z is not None else None, scales, extra,
                                stats={k: v[row[valid]] for k, v in stats.items()} if stats else None,
                                tightness=tightness, weights=weights)
         score = parts["score"]

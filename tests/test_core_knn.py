@@ -97,3 +97,13 @@ def test_kth_neighbour_distances_track_exact(data):
     _, s = knn(x[:500], 30, method="exact")
     np.testing.assert_allclose(exact[30], 1 - s[:, 29], atol=1e-5)
     np.testing.assert_allclose(exact[3], 1 - s[:, 2], atol=1e-5)
+
+
+def test_drop_self_keeps_rank_order_wherever_self_is():
+    from fo_plugin.core.knn import _drop_self
+
+    idx = np.array([[0, 5, 6, 7], [4, 1, 8, 9], [3, 2, 4, 5], [7, 8, 3, 9]])  # self (row id) first, second, absent
+    sim = -np.arange(16, dtype=np.float32).reshape(4, 4)
+    i, s = _drop_self(idx, sim, np.array([0, 1, 2, 3]), 3)
+    assert i.tolist() == [[5, 6, 7], [4, 8, 9], [3, 4, 5], [7, 8, 9]]
+    assert s.tolist() == [[-1, -2, -3], [-4, -6, -7], [-8, -10, -11], [-12, -13, -15]]

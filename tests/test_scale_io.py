@@ -70,3 +70,35 @@ def test_write_columns_stages_all_fields_in_one_pass_and_leaves_none_unset(vec_d
     with pytest.raises(ValueError, match="values of"):
         with runs.Run(ds, "cols", "cols_test", {"a": ("cols_a", fo.FloatField, {})}, {}) as again:
             again.write_columns(ids, {"a": a[:5], "b": b})
+
+
+def test_write_columns_touches_only_samples_with_a_value_and_leaves_no_scratch_collection(vec_dataset):
+    ds, ids, _ = vec_dataset
+    before = dict(zip(ds.values("id"), ds.values("last_modified_at")))
+    run = runs.Run(ds, "cols2", "cols_test", {"a": ("c2_a", fo.FloatField, {}), "b": ("c2_b", fo.StringField, {})},
+                   {})
+    a = [float(i) if i < 20 else None for i in range(60)]
+    b = ["y" if i in (5, 40) else None for i in range(60)]
+    with run:
+        run.write_columns(ids, {"a": a, "b": b}, chunk=7)
+        after = dict(zip(ds.values("id"), ds.values("last_modified_at")))
+        with pytest.raises(ValueError, match="twice"):
+            run.write_columns(ids[:2] + ids[:1], {"a": [1.0, 2.0, 3.0]})
+        run.commit()
+    assert {n for n, i in enumerate(ids) if after[i] != before[i]} == set(range(20)) | {40}  # the others untouched
+    assert ds.values("c2_a") == [float(i) if i < 20 else None for i in range(60)]  # dataset order == ids order
+    assert ds.values("c2_b") == b
+    names = ds._sample_collection.database.list_collection_names()
+    assert not [n for n in names if n.startswith("fo_ssl_scratch.")]
+
+
+def test_a_resumed_attempts_none_clears_what_it_staged(vec_dataset):
+    ds, ids, _ = vec_dataset
+    run = runs.Run(ds, "cols3", "cols_test", {"a": ("c3_a", fo.FloatField, {})}, {})
+    with run:
+        run.write("a", ids, [1.0] * 60)
+        run.resumed = True  # as an interrupted attempt with identical inputs is
+        run.write("a", ids[:10], [None] * 10)
+        assert run.staged_values("a") == {i: 1.0 for i in ids[10:]}
+        run.commit()
+    assert ds.values("c3_a") == [None] * 10 + [1.0] * 50
