@@ -1,34 +1,20 @@
 """The App in headless Chromium: it serves our dataset, lists our operators in the operator browser, and renders
-an operator's form, and the curation panel shows a run's counts and opens its saved view. Screenshots are kept in artifacts/ (the README shows one).
+an operator's form; the curation panel shows a run's counts and opens its saved view; an operator executed from its
+form shows its outputs and the open panel lists the new run. Screenshots are kept in artifacts/ (the README shows
+some).
 
 Needs Debian's chromium and tests/app/node_modules (``make app-deps``, run by ``make test``)."""
 
 import json
 import os
-import shutil
-import socket
 import subprocess
 import sys
 import tempfile
-import time
-import urllib.request
 
 import pytest
+from app_browser import APP_DIR, ARTIFACTS, free_port, needs_browser, start_server
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-APP_DIR = os.path.join(ROOT, "tests", "app")
-ARTIFACTS = os.path.join(ROOT, "artifacts")
-CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
-
-pytestmark = pytest.mark.skipif(
-    not (os.path.exists(CHROMIUM) and shutil.which("node") and os.path.isdir(os.path.join(APP_DIR, "node_modules"))),
-    reason="needs chromium, node and tests/app/node_modules: run `make app-deps`")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+pytestmark = needs_browser
 
 
 @pytest.fixture(scope="module")
@@ -38,20 +24,10 @@ def app_server(curation_dataset):
     ds = curation_dataset
     ds.persistent = True  # the App server is another process
     fo_plugin.find_outliers(ds, "outliers", fraction=0.05, overwrite=True)
-    port = _free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "fiftyone.server.main", "--port", str(port), "--address",
-                             "127.0.0.1"], env=os.environ.copy(), stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+    port = free_port()
     url = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 120
-    while time.time() < deadline:
-        try:
-            if urllib.request.urlopen(url, timeout=2).status == 200:
-                break
-        except OSError:
-            time.sleep(1)
-    else:
-        proc.kill()
-        pytest.fail("the App server did not start in 120 s")
+    proc = start_server([sys.executable, "-m", "fiftyone.server.main", "--port", str(port), "--address", "127.0.0.1"],
+                        url, 120)
     yield ds, url
     proc.terminate()
     proc.wait(timeout=30)

@@ -9,27 +9,18 @@ Needs Debian's chromium and tests/app/node_modules (``make app-deps``)."""
 
 import json
 import os
-import shutil
-import socket
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 
 import numpy as np
 import pytest
 import torch
+from app_browser import APP_DIR, ARTIFACTS, free_port, needs_browser, start_server
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-APP_DIR = os.path.join(ROOT, "tests", "app")
-ARTIFACTS = os.path.join(ROOT, "artifacts")
-CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
 SIM, MAP = "ssl_embedding_sim", "ssl_embedding_map"
-
-pytestmark = pytest.mark.skipif(
-    not (os.path.exists(CHROMIUM) and shutil.which("node") and os.path.isdir(os.path.join(APP_DIR, "node_modules"))),
-    reason="needs chromium, node and tests/app/node_modules: run `make app-deps`")
+pytestmark = needs_browser
 
 # a FiftyOne session in its own process (the App server is a service of it), its view sorted by similarity
 LAUNCH = """
@@ -44,33 +35,16 @@ sys.stdin.read()  # until the test closes our stdin
 """
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def similar_app(embedded):
     """The App serving the embedded cifar dataset sorted by similarity to a near-copy (its original is known)."""
     ds, _ = embedded
     ds.persistent = True  # the App server is another process
     query = ds.match_tags("copy").first()
-    port = _free_port()
-    proc = subprocess.Popen([sys.executable, "-c", LAUNCH, ds.name, query.id, "10", SIM, str(port)],
-                            env=os.environ.copy(), stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+    port = free_port()
     url = f"http://127.0.0.1:{port}/"
-    deadline = time.time() + 180
-    while time.time() < deadline:
-        try:
-            if urllib.request.urlopen(url, timeout=2).status == 200:
-                break
-        except OSError:
-            time.sleep(1)
-    else:
-        proc.kill()
-        pytest.fail("the App did not start in 180 s")
+    proc = start_server([sys.executable, "-c", LAUNCH, ds.name, query.id, "10", SIM, str(port)], url, 180,
+                        stdin=subprocess.PIPE)
     time.sleep(3)  # the session pushes its view once connected
     try:
         yield ds, query, url

@@ -3,17 +3,11 @@
 // button; then (optional) executes another operator from its form, waits for its outputs and reads the panel
 // again. Saves screenshots; prints {listed, form, panel, view, countBefore, countAfter, ran, panelAfterRun} as JSON.
 // usage: node drive_app.js <dataset url> <output dir> <operator label> <user data dir> [<run label> <output label>]
-const { chromium } = require('playwright-core');
+const { launch } = require('./browser');
 
 (async () => {
   const [url, out, label, userDataDir, runLabel, outputLabel] = process.argv.slice(2);
-  const context = await chromium.launchPersistentContext(userDataDir, {
-    executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
-    headless: true,
-    viewport: { width: 1400, height: 900 },
-    args: ['--no-sandbox', '--disable-gpu', '--disable-background-networking', '--disable-component-update',
-           '--no-first-run'],
-  });
+  const context = await launch(userDataDir);
   const page = await context.newPage();
   await page.goto(url, { waitUntil: 'load', timeout: 60000 });
   await page.waitForSelector('text=SSL curation', { state: 'attached', timeout: 1000 }).catch(() => {});

@@ -3,7 +3,7 @@
 // sent them, then opens the Embeddings panel on our map over the whole dataset, coloured by a field.
 // Prints {grid, grid_text, map_text} as JSON; screenshots go to <output dir>.
 // usage: node drive_similarity.js <app url> <output dir> <map brain key> <color-by field> <user data dir>
-const { chromium } = require('playwright-core');
+const { launch } = require('./browser');
 
 async function dismissPopups(page) {
   for (const d of await page.getByText('Dismiss', { exact: true }).all()) {
@@ -14,13 +14,7 @@ async function dismissPopups(page) {
 
 (async () => {
   const [url, out, mapKey, colorBy, userDataDir] = process.argv.slice(2);
-  const context = await chromium.launchPersistentContext(userDataDir, {
-    executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
-    headless: true,
-    viewport: { width: 1400, height: 900 },
-    args: ['--no-sandbox', '--disable-gpu', '--disable-background-networking', '--disable-component-update',
-           '--no-first-run'],
-  });
+  const context = await launch(userDataDir);
   const page = await context.newPage();
   const pages = [];  // the grid's sample pages, as the server sent them
   page.on('response', async (r) => {
