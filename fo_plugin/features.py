@@ -121,6 +121,10 @@ def project_views(net: Backbone, paths: list[str], keys: torch.Tensor, num_views
         if progress:
             done = start + len(images) - mine.start
             progress(done / len(mine), f"projected {done}/{len(mine)} images")
+    if not chunks:  # a rank with no rows (fewer images than processes): an empty block of the right width
+        d = embed_array(fn, np.zeros((1, net.image_size, net.image_size, 3), np.uint8), net.image_size, device,
+                        1).shape[-1]
+        chunks.append(torch.zeros(num_views, 0, d))
     z = distributed.gather_rows(torch.cat(chunks, dim=1), dim=1).to(device)  # (V, N, D)
     ok = distributed.gather_rows(np.concatenate(oks))
     errors = distributed.gather_list(errors)
