@@ -77,35 +77,48 @@ def _unit(fraction: float) -> float:
 def stream_progress(ctx, work):
     """Run ``work(progress)`` in a worker thread and yield its progress to the App as it comes (FiftyOne sends
     what a generator operator yields as soon as it is yielded); return its result, or raise its exception. Reports
-    that arrive faster than they are sent are merged into the latest."""
+    that arrive faster than they are sent are merged into the latest; if the generator is closed early (the App's
+    stream is gone), the stage raises :class:`StageCancelled` at its next report."""
     import queue
     import threading
 
     updates: queue.Queue = queue.Queue()
-    done = object()
+    done, closed = object(), threading.Event()
     box: dict = {}
+
+    def report(fraction: float, label: str) -> None:
+        if closed.is_set():  # the App went away: stop at the stage's next report (its run records the failure)
+            raise StageCancelled("the App closed the operation before it finished")
+        updates.put((fraction, label))
 
     def target() -> None:
         try:
-            box["out"] = work(lambda fraction, label: updates.put((fraction, label)))
+            box["out"] = work(report)
         except BaseException as e:  # re-raised in the generator (see CurationOperator._stream)
             box["error"] = e
         finally:
             updates.put(done)
 
     threading.Thread(target=target, name="ssl-curation-stage", daemon=True).start()
-    while (item := updates.get()) is not done:
-        while not updates.empty():  # a backlog: send only its latest report
-            nxt = updates.get()
-            if nxt is done:
-                updates.put(done)
-                break
-            item = nxt
-        fraction, label = item
-        yield ctx.ops.set_progress(label=label, progress=_unit(fraction))
+    try:
+        while (item := updates.get()) is not done:
+            while not updates.empty():  # a backlog: send only its latest report
+                nxt = updates.get()
+                if nxt is done:
+                    updates.put(done)
+                    break
+                item = nxt
+            fraction, label = item
+            yield ctx.ops.set_progress(label=label, progress=_unit(fraction))
+    finally:
+        closed.set()  # ended, or closed by FiftyOne when the App's stream is gone
     if "error" in box:
         raise box["error"]
     return box["out"]
+
+
+class StageCancelled(RuntimeError):
+    """The App closed a streamed operation: the stage stops at its next progress report."""
 
 
 def add_target(ctx, inputs: types.Object) -> None:

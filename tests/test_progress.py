@@ -96,3 +96,33 @@ def test_stream_progress_returns_the_result_merges_a_backlog_and_reraises_the_st
 
     with pytest.raises(FloatingPointError, match="loss is NaN"):
         list(stream_progress(ctx, fail))
+
+
+def test_closing_the_stream_stops_the_stage_at_its_next_report():
+    import threading
+    import types
+
+    from operators.common import StageCancelled, stream_progress
+
+    ctx = types.SimpleNamespace(ops=_Ops())
+    closed, raised = threading.Event(), []
+
+    def work(progress):
+        progress(0.1, "first")
+        closed.wait(5)
+        try:
+            progress(0.2, "after the App went away")
+        except StageCancelled as e:
+            raised.append(e)
+            raise
+        return {"ok": 1}
+
+    gen = stream_progress(ctx, work)
+    assert next(gen) == ("progress", 0.1, "first")
+    gen.close()  # what FiftyOne does when the App's stream is gone
+    closed.set()
+    for _ in range(50):
+        if raised:
+            break
+        threading.Event().wait(0.1)
+    assert raised and "closed the operation" in str(raised[0])
