@@ -16,20 +16,15 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import time
 
-import common  # noqa: F401  (environment, sys.path)
+import common  # the environment, sys.path, peak_gb
 import numpy as np
 from bench_scale import FIELD, dataset_name, make_dataset
 
 OPS = ("ids_paths", "vectors", "vectors_brain_way", "write_float")
-
-
-def _peak_gb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
 
 
 def child(op: str, n: int, seed: int) -> dict:
@@ -40,7 +35,7 @@ def child(op: str, n: int, seed: int) -> dict:
 
     ds = fo.load_dataset(dataset_name(n, seed))
     ids = canonical(ds)[0] if op in ("vectors", "write_float") else None
-    base = _peak_gb()
+    base = common.peak_gb()
     t = time.perf_counter()
     out = {}
     if op == "ids_paths":
@@ -59,7 +54,8 @@ def child(op: str, n: int, seed: int) -> dict:
             run.write("value", ids, values)
             out["write_s"] = time.perf_counter() - t
             run.commit()
-    out.update(op=op, n=n, seconds=time.perf_counter() - t, peak_gb=_peak_gb(), added_gb=_peak_gb() - base)
+    peak = common.peak_gb()
+    out.update(op=op, n=n, seconds=time.perf_counter() - t, peak_gb=peak, added_gb=peak - base)
     return out
 
 

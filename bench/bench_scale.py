@@ -26,12 +26,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import time
 
-import common  # noqa: F401  (environment, sys.path)
+import common  # the environment, sys.path, peak_gb
 import numpy as np
 
 FIELD = "emb"
@@ -80,10 +79,6 @@ def make_dataset(n: int, seed: int = 0, chunk: int = 50_000):
     return ds, truth
 
 
-def _peak_gb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # kB on Linux
-
-
 def _pair_recall(ids: np.ndarray, copy_of: np.ndarray, group_of: dict) -> float:
     """Share of planted (original, copy) pairs whose two samples are in one group (``group_of``: id -> group)."""
     dst = np.flatnonzero(copy_of >= 0)
@@ -126,7 +121,7 @@ def core_child(stage: str, n: int, seed: int) -> dict:
         select(z[None], labels, int(0.8 * n))
     else:
         raise ValueError(stage)
-    out.update(seconds=time.perf_counter() - t, peak_gb=_peak_gb())
+    out.update(seconds=time.perf_counter() - t, peak_gb=common.peak_gb())
     return out
 
 
@@ -156,7 +151,7 @@ def child(stage: str, n: int, seed: int) -> dict:
         fob.compute_uniqueness(ds, uniqueness_field="bench_uniqueness", embeddings=FIELD)
     else:
         raise ValueError(stage)
-    out = {"stage": stage, "n": n, "seconds": time.perf_counter() - t, "peak_gb": _peak_gb()}
+    out = {"stage": stage, "n": n, "seconds": time.perf_counter() - t, "peak_gb": common.peak_gb()}
     truth = np.load(os.path.join(TRUTH_DIR, f"{dataset_name(n, seed)}.npz"))
     ids, copy_of, is_out = truth["ids"], truth["copy_of"], truth["is_out"]
     if stage == "dups":

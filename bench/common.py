@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import resource
 import sys
 import time
 
@@ -22,6 +23,11 @@ def best_of(fn, repeat: int = 3) -> float:
         fn()
         best = min(best, time.perf_counter() - t)
     return best
+
+
+def peak_gb() -> float:
+    """This process's peak resident memory so far, in GB (``ru_maxrss`` is in kB on Linux)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
 
 
 def table(rows: list[dict], title: str) -> None:
