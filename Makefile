@@ -45,7 +45,7 @@ test: venv app-deps
 test-all: venv app-deps
 	$(BIN)/python -m pytest -q -m "slow or not slow" $(ARGS)
 
-bench: venv
+bench: install
 	$(BIN)/python bench/run_all.py $(ARGS)
 
 app: venv

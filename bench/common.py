@@ -10,6 +10,7 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 os.environ.setdefault("FIFTYONE_DATABASE_DIR", os.path.join(ROOT, ".fiftyone", "db"))
+os.environ.setdefault("FIFTYONE_PLUGINS_DIR", os.path.join(ROOT, ".fiftyone", "plugins"))  # `make install` links here
 os.environ.setdefault("FIFTYONE_DATABASE_VALIDATION", "false")
 os.environ.setdefault("FIFTYONE_DO_NOT_TRACK", "true")
 os.environ.setdefault("FO_SSL_CACHE_DIR", os.path.join(ROOT, ".cache", "fo-ssl"))

@@ -18,7 +18,7 @@ import sys
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-DEVICE_BENCHES = ("embeddings", "influence")  # the benchmarks that take --device
+DEVICE_BENCHES = ("embeddings", "influence", "pipeline")  # the benchmarks that take --device
 
 
 def main() -> None:

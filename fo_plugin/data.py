@@ -82,17 +82,26 @@ def load_cifar10(name: str = "cifar10-ssl", split: str = "train", per_class: int
     """CIFAR-10 (Krizhevsky 2009) as a dataset with a ``ground_truth`` classification.
 
     Args:
-        per_class (500): images per class (None: all 5,000 / 1,000).
+        split ("train"): ``"train"``, ``"test"``, or ``"all"``: both, each sample's ``split`` field saying which
+            (what :func:`~fo_plugin.find_near_duplicates` reads to report leaky splits).
+        per_class (500): images per class (None: all 5,000 / 1,000); with ``"all"``, training images per class, and
+            a fifth as many test images (CIFAR-10's own ratio).
         persistent (False): keep the dataset in the database across sessions.
         overwrite (False): replace an existing dataset of that name; otherwise an existing one is returned.
     """
+    if split not in ("train", "test", "all"):
+        raise ValueError(f"split must be 'train', 'test' or 'all', not {split!r}")
     existing = _existing(name, overwrite)
     if existing is not None:
         return existing
     ds = fo.Dataset(name, persistent=persistent)
-    samples = [fo.Sample(filepath=p, ground_truth=fo.Classification(label=CIFAR10_CLASSES[lab]), cifar_index=k)
-               for p, lab, k in cifar10_files(split, per_class)]
-    ds.add_samples(samples, progress=False)
+    parts = [("train", per_class), ("test", None if per_class is None else max(1, per_class // 5))] \
+        if split == "all" else [(split, per_class)]
+    for part, count in parts:
+        extra = {"split": part} if split == "all" else {}
+        samples = [fo.Sample(filepath=p, ground_truth=fo.Classification(label=CIFAR10_CLASSES[lab]), cifar_index=k,
+                             **extra) for p, lab, k in cifar10_files(part, count)]
+        ds.add_samples(samples, progress=False)
     ds.info = {"source": "CIFAR-10 (Krizhevsky 2009), JPEG re-encoding", "split": split}
     ds.save()
     return ds

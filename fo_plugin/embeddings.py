@@ -50,6 +50,7 @@ def compute_ssl_embeddings(
     pretrained: str | None = None,
     image_size: int | None = None,
     epochs: int = 10,
+    train_limit: int | None = None,
     proxy_width: int = 32,
     augment: AugmentConfig | dict | None = None,
     seed: int = 0,
@@ -77,6 +78,10 @@ def compute_ssl_embeddings(
         pretrained (None): open_clip pretrained tag.
         image_size (None): input side (proxy default 32).
         epochs (10), proxy_width (32), augment (SimCLR at s=0.5), seed (0): proxy training.
+        train_limit (None): train the proxy on at most this many images of ``samples`` (a random subset drawn with
+            ``seed``) and embed them all. Training costs epochs x images; on a large collection on CPU a proxy
+            trained on 10,000 images is minutes instead of hours (``bench/bench_leaky_cifar.py`` embeds all 60,000
+            CIFAR-10 images with one). None: all of them.
         batch_size (256): images per forward / training step.
         device ("auto"): ``"auto"``, ``"cpu"`` or ``"cuda"``.
         precision ("auto"): ``"fp32"``, ``"bf16"`` (autocast, on CPU as on CUDA) or ``"auto"`` (bf16 on CUDA, fp32 on
@@ -102,6 +107,7 @@ def compute_ssl_embeddings(
     runs.validate_name(embeddings_field, "embeddings_field")
     params.choice("backbone", backbone, BACKBONES)
     epochs = params.integer("epochs", epochs, 1)
+    train_limit = params.integer("train_limit", train_limit, 2, none_ok=True)
     proxy_width = params.integer("proxy_width", proxy_width, 4)
     seed = params.integer("seed", seed, 0)
     batch_size = params.integer("batch_size", batch_size, 2)
@@ -125,6 +131,9 @@ def compute_ssl_embeddings(
     training = backbone == "proxy" and checkpoint is None
     ids, paths = canonical(samples)
     train = _train_dict(train_cfg, proxy_width) if training else None
+    tsel = _train_subset(len(ids), train_limit, seed) if training else None
+    if tsel is not None:
+        train["train_limit"] = train_limit  # only when it drops images: a run over fewer keeps its fingerprint
     model_id = train if training else {**BackboneSpec(backbone, model_name, None, pretrained, image_size).to_dict(),
                                        "weights": file_hash(checkpoint) if checkpoint else None,
                                        "precision": precision}
@@ -158,7 +167,8 @@ def compute_ssl_embeddings(
                     os.remove(path)  # ours: a new training from the first epoch
             if distributed.broadcast(not os.path.isfile(ckpt_path)):  # rank 0's answer: every rank trains or none
                 t0 = time.perf_counter()
-                history = _train(dataset, ids, paths, train_cfg, proxy_width, dev, ckpt_path, run.artifacts,
+                tids, tpaths = (ids, paths) if tsel is None else ([ids[n] for n in tsel], [paths[n] for n in tsel])
+                history = _train(dataset, tids, tpaths, train_cfg, proxy_width, dev, ckpt_path, run.artifacts,
                                  lambda f, s: progress(0.8 * f, s))
                 timings["train_s"] = time.perf_counter() - t0
                 trained = True
@@ -255,6 +265,13 @@ def _train_dict(cfg: TrainConfig, width: int) -> dict:
     d["augment"] = cfg.augment.to_dict()
     d["proxy_width"] = width
     return d
+
+
+def _train_subset(n: int, limit: int | None, seed: int) -> np.ndarray | None:
+    """Positions of the ``limit`` images (of ``n``, in canonical order) the proxy trains on; None: all."""
+    if limit is None or limit >= n:
+        return None
+    return np.sort(np.random.default_rng(seed).choice(n, limit, replace=False))
 
 
 def _train(dataset, ids, paths, cfg: TrainConfig, width: int, dev, ckpt_path: str, folder: str,

@@ -170,7 +170,7 @@ def add_run_key(ctx, inputs: types.Object, default: str, fields_of) -> str:
     return key
 
 
-def positive_int(ctx, inputs: types.Object, name: str, default: int, label: str, description: str = "",
+def positive_int(ctx, inputs: types.Object, name: str, default: int | None, label: str, description: str = "",
                  minimum: int = 1):
     """An integer input checked by :func:`fo_plugin.params.integer` (the Python API's own check)."""
     from fo_plugin import params

@@ -38,6 +38,9 @@ class ComputeSSLEmbeddings(CurationOperator):
         if backbone == "proxy":
             positive_int(ctx, inputs, "epochs", 10, "Proxy training epochs",
                          "Skipped when this run already holds a proxy trained with the same settings")
+            positive_int(ctx, inputs, "train_limit", None, "Train the proxy on at most N images (optional)",
+                         "A random subset of the view trains the proxy, every image is embedded: training costs "
+                         "epochs x images (e.g. 10000 for a large collection on CPU)", minimum=2)
             inputs.str("checkpoint", label="Existing proxy checkpoint (optional)", required=False)
         else:
             inputs.str("model_name", required=backbone != "torchscript", label="Architecture name",
@@ -70,6 +73,7 @@ class ComputeSSLEmbeddings(CurationOperator):
             checkpoint=p.get("checkpoint") or None,
             pretrained=p.get("pretrained") or None,
             epochs=p.get("epochs", 10),
+            train_limit=p.get("train_limit") or None,
             batch_size=p.get("batch_size", 256),
             resume=bool(p.get("resume", True)),
             similarity_index=bool(p.get("similarity_index", True)),

@@ -74,6 +74,27 @@ def test_rerun_reuses_the_runs_checkpoint_and_gives_the_same_embeddings(trained)
     assert np.allclose(np.stack(ds.values("ssl_embedding")), before, atol=1e-5)
 
 
+def test_train_limit_trains_on_a_subset_and_embeds_every_image(trained):
+    from fo_plugin.core.models import load_proxy
+
+    ds, first = trained
+    # a limit at or above the view's size changes nothing: same fingerprint, the run's proxy is reused
+    res = run_op("compute_ssl_embeddings", ds, {"view_target": "DATASET", "epochs": 3, "batch_size": 128,
+                                                "train_limit": 1000})
+    assert res.result["trained_proxy"] is False and res.result["checkpoint"] == first["checkpoint"]
+    sub = ds.clone()
+    try:
+        res = run_op("compute_ssl_embeddings", sub, {"view_target": "DATASET", "epochs": 1, "batch_size": 64,
+                                                     "train_limit": 100})
+        assert res.result["trained_proxy"] and res.result["num_embedded"] == len(sub) == 420
+        assert load_proxy(res.result["checkpoint"])[1]["num_train_images"] == 100
+        assert fo_plugin.get_run_config(sub, "ssl_embedding")["train"]["train_limit"] == 100
+        bad = run_op("compute_ssl_embeddings", sub, {"view_target": "DATASET", "train_limit": 1})
+        assert bad.error and "train_limit" in bad.error
+    finally:
+        sub.delete()
+
+
 def test_training_is_deterministic_under_a_seed(cifar_files):
     from fo_plugin.core.images import iter_decoded
     from fo_plugin.core.rng import sample_keys
