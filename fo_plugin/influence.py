@@ -32,6 +32,7 @@ from .core.influence import (
     preconditioner,
     tracked_parameters,
 )
+from .core.knn import knn
 from .features import DecodedImages, canonical, load_run_model
 from .progress import ProgressArg, reporter
 
@@ -202,11 +203,13 @@ def compute_ssl_influence(
                 np.save(os.path.join(rdir, "grad_sketch.npy"), z.numpy())
                 with open(os.path.join(rdir, "grad_sketch_ids.txt"), "w") as fh:
                     fh.write("\n".join(scored))
-            nn_idx, nn_sim = _nearest_by_cosine(z.to(dev))
-            dup_of = [scored[j] for j in nn_idx]
-            dup_score = nn_sim.tolist()
+            nn_idx, nn_sim = (a[:, 0] for a in knn(z.to(dev), 1))  # the one kNN: bounded blocks, IVF at scale
+            dup_of = [scored[j] if j >= 0 else None for j in nn_idx]  # -1: an approximate search found none
+            dup_score = [float(v) if j >= 0 else None for j, v in zip(nn_idx, nn_sim)]
             seen = set()
             for i in np.argsort(-nn_sim):
+                if nn_idx[i] < 0:
+                    continue
                 pair = tuple(sorted((scored[i], scored[nn_idx[i]])))
                 if pair not in seen:
                     seen.add(pair)
@@ -236,21 +239,6 @@ def _grad_chunk(f, x, cfg, scale, sketch) -> dict[str, np.ndarray]:
     if sketch is not None:
         out["sketch"] = sketch(g).cpu().numpy()
     return out
-
-
-def _nearest_by_cosine(z: torch.Tensor, chunk: int = 4096) -> tuple[np.ndarray, np.ndarray]:
-    """Each row's most similar other row by cosine, in (chunk x N) blocks (each rank of a torchrun job takes its
-    rows; the result is gathered)."""
-    z = torch.nn.functional.normalize(z.float(), dim=1)
-    mine = distributed.shard(len(z))
-    idx, sim = [torch.zeros(0, dtype=torch.int64)], [torch.zeros(0)]
-    for s in range(mine.start, mine.stop, chunk):
-        c = z[s:min(s + chunk, mine.stop)] @ z.T
-        c[torch.arange(len(c)), torch.arange(s, s + len(c))] = -2  # not itself
-        m = c.max(1)
-        idx.append(m.indices.cpu())
-        sim.append(m.values.cpu())
-    return distributed.gather_rows(torch.cat(idx)).numpy(), distributed.gather_rows(torch.cat(sim)).numpy()
 
 
 def find_influential_training_samples(
