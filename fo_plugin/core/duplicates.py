@@ -173,7 +173,8 @@ ROTATIONS = (-7.0, 0.0, 7.0)  # degrees
 TOP_ALIGNMENTS = 2  # coarse alignments refined at full resolution
 PATCH = 5  # side of the local patches compared at the chosen alignment
 REFINE = 1  # +- px searched around each coarse alignment at full resolution
-DUPLICATE_THRESHOLD = 0.55  # default on :func:`aligned_pair_scores`'s score (chosen on 3,000 CIFAR train images, seed 0)
+DUPLICATE_THRESHOLD = 0.6  # default on :func:`aligned_pair_scores`'s score: the highest (in steps of 0.05) that keeps
+# every planted kind of bench_duplicates.py (SSL + pixel candidates, 11,800 CIFAR-10 images) at recall >= 0.9
 
 
 def _blur_matrix(n: int, sigma: float) -> torch.Tensor:
