@@ -14,7 +14,8 @@ sample of such pairs, stratified by score; the "labelled" precision counts the l
 "estimated" one also the unlabelled false pairs at the labelled share of their score bin (a measurement: the labels
 are not used to choose anything). The top-scoring population pairs are printed and saved side by side.
 
-Run: ``PYTHONPATH=$PWD python bench/bench_duplicates.py --population 10000 --per-kind 100`` (~4 min on 2 cores);
+Run: ``PYTHONPATH=$PWD python bench/bench_duplicates.py --population 10000 --per-kind 100`` (``--candidates ssl``:
+~9 min on 2 cores, most of it verifying 130k pairs);
 ``BENCH_NPZ`` names the file the per-pair scores are saved to.
 """
 

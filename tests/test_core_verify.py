@@ -125,7 +125,7 @@ def test_embedding_candidates_unite_extra_pairs_with_their_cosine():
     rng = np.random.default_rng(0)
     emb = torch.as_tensor(rng.normal(size=(50, 8)), dtype=torch.float32)
     base = embedding_candidates(emb, 3, -1.0)
-    extra = np.array([[7, 3], [3, 7], [10, 10], [int(base[0, 1]), int(base[0, 0])]])  # a duplicate, a self pair, one known
+    extra = np.array([[7, 3], [3, 7], [10, 10], [int(base[0, 1]), int(base[0, 0])]])  # repeated, self, already there
     both = embedding_candidates(emb, 3, -1.0, extra=extra)
     keys = [tuple(p) for p in both[:, :2].astype(int)]
     assert len(keys) == len(set(keys)) and keys == sorted(keys)

@@ -207,7 +207,8 @@ def test_near_duplicates_default_finds_reframed_recoloured_copies(cifar_files, t
         # measured: recall 1.00 (18 of 18; 15 with the SSL candidates alone: the pixel-window candidates bring the
         # other 3), precision 1.00
         assert recall >= 0.9 and precision >= 0.9
-        assert all(p["score"] >= DUPLICATE_THRESHOLD and {"cosine", "aligned", "layout", "detail", "patch"} <= set(p) for p in pairs)
+        assert all(p["score"] >= DUPLICATE_THRESHOLD and {"cosine", "aligned", "layout", "detail", "patch"} <= set(p)
+                   for p in pairs)
         by_id = dict(zip(ds.values("id"), ds.values("dups_score")))
         assert all(by_id[a] >= p["score"] for p in pairs for a in (p["a"], p["b"]))  # best confirmed pair score
         assert sum(v is not None for v in by_id.values()) == len({i for p in pairs for i in (p["a"], p["b"])})

@@ -1,5 +1,6 @@
-"""Near-duplicate groups: SSL-embedding candidates (k nearest neighbours), confirmed by an aligned pixel comparison,
-grouped by union-find, one representative kept per group.
+"""Near-duplicate groups: SSL-embedding candidates (k nearest neighbours) united with pixel-window candidates (the
+best of 36 shifted, zoomed and mirrored windows: for the re-framed copies the embedding ranks too far), confirmed by an
+aligned pixel comparison, grouped by union-find, one representative kept per group.
 
 A briefly trained proxy is a weak near-duplicate detector on its own, and raw pixels at fixed positions miss crops,
 flips and zooms; requiring both to agree keeps the recall of the embedding's top-k candidates and the precision of
