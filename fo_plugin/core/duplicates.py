@@ -15,7 +15,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .knn import knn
+from .knn import build_index, choose_method, exact_search, index_search, knn
 
 
 def candidate_pairs(idx: np.ndarray, sim: np.ndarray, threshold: float, mutual: bool = False) -> np.ndarray:
@@ -105,6 +105,7 @@ WINDOW_SIZES = (24, 20)  # windows of the searched image: the same size, and zoo
 WINDOW_SHIFTS = (-4, 0, 4)  # px at 32 px, in each axis (the 4 px cells tolerate +-2 px more)
 WINDOW_CELLS = 8  # cells a side of the descriptor
 PIXEL_K = 5  # pixel candidates per sample
+PIXEL_EXACT_MAX_N = 2000  # above this many samples (CPU) the warp search uses the IVF index (see pixel_candidates)
 
 
 def _window(g: torch.Tensor, cy: int, cx: int, w: int) -> torch.Tensor:
@@ -124,42 +125,50 @@ def window_descriptors(g: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def pixel_candidates(gray: torch.Tensor | np.ndarray, k: int = PIXEL_K, chunk: int = 4096,
-                     max_block_bytes: int = 256 * 2**20) -> np.ndarray:
+                     method: str = "auto") -> np.ndarray:
     """Candidate pairs (i, j, similarity) float64 (M, 3): each sample's ``k`` most similar other samples by the best
-    warp of :func:`window_descriptors` (exact search, O(N^2 V D): 36 warps x 64 cells). ``gray``: luma thumbnails
-    (N, 32, 32) or uint8 RGB images (N, H, W, 3), e.g. a memmap, read ``chunk`` rows at a time."""
+    warp of :func:`window_descriptors`. ``gray``: luma thumbnails (N, 32, 32) or uint8 RGB images (N, H, W, 3), e.g.
+    a memmap, read ``chunk`` rows at a time.
+
+    The central windows (N, D) are the database of the one kNN (:mod:`fo_plugin.core.knn`: exact in memory-bounded
+    tiles, or a faiss IVF index at scale, ``method`` as there), searched once per warp with each chunk's warped
+    windows; a pair's similarity is its best warp. Memory: the (N, D) windows and one chunk's (R, 36, D) warps.
+    ``"auto"`` takes the IVF index above ``PIXEL_EXACT_MAX_N`` samples on CPU: with 36 searches it was 2.4x faster
+    than exact at 5,000 CIFAR-10 images and kept 99.8% of the exact candidate pairs (every one of similarity > 0.9)."""
     n = len(gray)
     k = min(k, n - 1)
     if k <= 0:
         return np.zeros((0, 3))
-    qs, dbs = [], []
+    c = VERIFY_SIZE // 2
+    central = torch.cat([_window(_luma_rows(gray, np.arange(s, min(s + chunk, n))), c, c, WINDOW)
+                         for s in range(0, n, chunk)])  # (N, D)
+    method = choose_method(n, central.device, method, exact_max_n=PIXEL_EXACT_MAX_N)
+    index = None if method == "exact" else build_index(central, method)
+    out_i = np.full((n, k), -1, np.int64)
+    out_s = np.full((n, k), -np.inf, np.float32)
     for s in range(0, n, chunk):
-        q, db = window_descriptors(_luma_rows(gray, np.arange(s, min(s + chunk, n))))
-        qs.append(q)
-        dbs.append(db.half())  # (R, V, D) half: the searched windows are the memory of this search
-    q, db = torch.cat(qs), torch.cat(dbs)
-    v = db.shape[1]
-    cols = max(1, min(n, max_block_bytes // (4 * v * 1024)))  # database samples per block (1024 query rows)
-    out_i = np.zeros((n, k), np.int64)
-    out_s = np.zeros((n, k), np.float32)
-    with torch.no_grad():
-        for r0 in range(0, n, 1024):
-            r1 = min(r0 + 1024, n)
-            best_s = torch.full((r1 - r0, k), -float("inf"))
-            best_i = torch.zeros((r1 - r0, k), dtype=torch.int64)
-            for c0 in range(0, n, cols):
-                c1 = min(c0 + cols, n)
-                sim = (q[r0:r1] @ db[c0:c1].flatten(0, 1).float().T).view(r1 - r0, c1 - c0, v).amax(2)  # (R, C)
-                lo, hi = max(r0, c0), min(r1, c1)
-                if lo < hi:  # self matches
-                    sim[torch.arange(lo, hi) - r0, torch.arange(lo, hi) - c0] = -float("inf")
-                top = sim.topk(min(k, c1 - c0), dim=1)
-                cat_s = torch.cat([best_s, top.values], 1)
-                cat_i = torch.cat([best_i, top.indices + c0], 1)
-                keep = cat_s.topk(k, dim=1).indices
-                best_s, best_i = cat_s.gather(1, keep), cat_i.gather(1, keep)
-            out_i[r0:r1], out_s[r0:r1] = best_i.numpy(), best_s.clamp(max=1.0).numpy()  # half-precision rounding
-    return candidate_pairs(out_i, out_s, -float("inf"))
+        rows = np.arange(s, min(s + chunk, n))
+        warps = window_descriptors(_luma_rows(gray, rows))[1]  # (R, V, D)
+        found = [exact_search(warps[:, v].contiguous(), central, k, db_ids=np.arange(n) - s) if index is None
+                 else index_search(index, warps[:, v], k, self_ids=rows) for v in range(warps.shape[1])]
+        idx = np.concatenate([f[0] for f in found], 1)  # (R, V k)
+        sim = np.where(idx >= 0, np.concatenate([f[1] for f in found], 1), -np.inf)
+        r = np.repeat(np.arange(len(rows)), idx.shape[1])
+        j, v = idx.reshape(-1), sim.reshape(-1)
+        first = np.lexsort((-v, j, r))  # by row, then sample, best warp first
+        r, j, v = r[first], j[first], v[first]
+        keep = np.ones(len(r), bool)
+        keep[1:] = (r[1:] != r[:-1]) | (j[1:] != j[:-1])  # one entry per (row, sample): its best warp
+        r, j, v = r[keep], j[keep], v[keep]
+        order = np.lexsort((-v, r))  # by row, best first
+        r, j, v = r[order], j[order], v[order]
+        rank = np.arange(len(r)) - np.searchsorted(r, r)  # position within its row
+        top = rank < k
+        out_i[rows[r[top]], rank[top]] = j[top]
+        out_s[rows[r[top]], rank[top]] = v[top]
+    out_s = np.minimum(out_s, 1.0)
+    ok = out_i >= 0
+    return candidate_pairs(np.where(ok, out_i, 0), np.where(ok, out_s, -np.inf), -2.0)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
