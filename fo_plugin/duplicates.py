@@ -13,7 +13,15 @@ import torch
 from fiftyone import ViewField as F
 
 from . import params, runs
-from .core.duplicates import DUPLICATE_THRESHOLD, aligned_pair_scores, embedding_candidates, groups, representatives
+from .core.duplicates import (
+    DUPLICATE_THRESHOLD,
+    PIXEL_K,
+    aligned_pair_scores,
+    embedding_candidates,
+    groups,
+    pixel_candidates,
+    representatives,
+)
 from .core.hashing import array_hash, file_hash, hash_groups, pixel_hash
 from .core.splits import leaky_fractions, leaky_groups
 from .features import DecodedImages, canonical, field_vectors, take_rows
@@ -95,6 +103,7 @@ def find_near_duplicates(
     embeddings_field: str = "ssl_embedding",
     k: int = 10,
     threshold: float = 0.8,
+    pixel_k: int = PIXEL_K,
     verify_threshold: float | None = DUPLICATE_THRESHOLD,
     influence_run: str | None = None,
     influence_threshold: float = 0.9,
@@ -109,8 +118,10 @@ def find_near_duplicates(
 
     Byte-identical files (and images with identical decoded pixels, when the pixel check runs) are found by
     hashing (group kind ``"exact"``; byte-identical files whether or not they have an embedding). A near-duplicate
-    pair is reported when the two samples are among each other's ``k`` nearest SSL neighbours with cosine
-    >= ``threshold`` (the candidates) and the aligned comparison of their 32x32 luma thumbnails (best shift, zoom,
+    pair is reported when the two samples are candidates (among each other's ``k`` nearest SSL neighbours with
+    cosine >= ``threshold``, or, with the pixel check, among each other's ``pixel_k`` nearest by aligned 8 x 8 luma
+    windows: :func:`fo_plugin.core.duplicates.pixel_candidates`, for the shifted and cropped copies the embedding
+    ranks too far) and the aligned comparison of their 32x32 luma thumbnails (best shift, zoom,
     flip and small rotation; layout and local detail must agree, see
     :func:`fo_plugin.core.duplicates.aligned_pair_scores`) scores >= ``verify_threshold`` (None: the embedding
     alone decides), and, with ``influence_run``, the cosine of their influence gradients >= ``influence_threshold``.
@@ -123,6 +134,8 @@ def find_near_duplicates(
             sure the match is, 1 for identical thumbnails; the SSL cosine without ``verify_threshold``; None when
             the sample is in no confirmed pair).
         embeddings_field ("ssl_embedding"): the embeddings to search.
+        pixel_k (5): pixel-window candidates per sample, added to the SSL ones when ``verify_threshold`` is set
+            (0: SSL candidates only).
         keep ("first"): which member represents a group: ``"clcore"`` (highest CL-Core score of ``clcore_run``),
             ``"influence"`` (lowest self-influence of ``influence_run``), ``"largest_file"`` or ``"first"`` (first
             in the view's order).
@@ -141,6 +154,7 @@ def find_near_duplicates(
     runs.validate_name(run_key, "run key")
     params.choice("keep", keep, POLICIES)
     k = params.integer("k", k, 1)
+    pixel_k = params.integer("pixel_k", pixel_k, 0)
     threshold = params.number("threshold", threshold, 0, 1, open_min=True)
     verify_threshold = params.number("verify_threshold", verify_threshold, 0, 1, none_ok=True)
     influence_threshold = params.number("influence_threshold", influence_threshold, -1, 1)
@@ -156,7 +170,7 @@ def find_near_duplicates(
     types = dict(FIELD_TYPES)
     if source is not None:
         names["leaky"], types["leaky"] = f"{run_key}_leaky", fo.BooleanField
-    config = {"embeddings_field": embeddings_field, "k": k, "threshold": threshold,
+    config = {"embeddings_field": embeddings_field, "k": k, "threshold": threshold, "pixel_k": pixel_k,
               "verify_threshold": verify_threshold, "influence_run": influence_run,
               "influence_threshold": influence_threshold, "mutual": mutual, "keep": keep, "clcore_run": clcore_run,
               "split": source}
@@ -171,14 +185,23 @@ def find_near_duplicates(
         z, ok, rejected = field_vectors(samples, embeddings_field, ids)
         valid = np.flatnonzero(ok)
         vids, vpaths = [ids[i] for i in valid], [paths[i] for i in valid]
-        cand = embedding_candidates(take_rows(z[0], valid), k, threshold, mutual) if len(valid) > 1 \
-            else np.zeros((0, 3))
-        progress(0.3, f"{len(cand)} candidate pairs")
-        evidence = {"cosine": cand[:, 2]}
-        if verify_threshold is not None:
+        if verify_threshold is None:
+            cand = embedding_candidates(take_rows(z[0], valid), k, threshold, mutual) if len(valid) > 1 \
+                else np.zeros((0, 3))
+            progress(0.3, f"{len(cand)} candidate pairs")
+            evidence = {"cosine": cand[:, 2]}
+        else:
             with DecodedImages(vpaths, vids, 32, run.artifacts) as thumbs:  # a uint8 memmap, read chunk by chunk
                 for r, key in _identical_pixels(thumbs, vpaths).items():
                     pixel_keys[int(valid[r])] = key
+                extra = pixel_candidates(thumbs.images, pixel_k) if pixel_k and len(valid) > 1 else None
+                if extra is not None:  # undecodable thumbnails (zeros) are no pixel candidates
+                    decoded = np.isin(np.arange(len(valid)), thumbs.valid)
+                    extra = extra[decoded[extra[:, 0].astype(np.int64)] & decoded[extra[:, 1].astype(np.int64)]]
+                cand = embedding_candidates(take_rows(z[0], valid), k, threshold, mutual, extra) \
+                    if len(valid) > 1 else np.zeros((0, 3))
+                progress(0.3, f"{len(cand)} candidate pairs")
+                evidence = {"cosine": cand[:, 2]}
                 if len(cand):
                     evidence.update(aligned_pair_scores(thumbs.images, cand[:, :2].astype(np.int64)))
         score = evidence["score"] if "score" in evidence else evidence["cosine"]

@@ -58,13 +58,15 @@ def knn(x: torch.Tensor, k: int, method: str = "auto", max_block_bytes: int = MA
     return index_search(index, z, k, nprobe=nprobe, self_ids=np.arange(n))
 
 
-def choose_method(n: int, device: torch.device | str = "cpu", method: str = "auto") -> str:
-    """What ``method="auto"`` resolves to for N rows on ``device`` (other methods are returned as given)."""
+def choose_method(n: int, device: torch.device | str = "cpu", method: str = "auto",
+                  exact_max_n: int = EXACT_MAX_N_CPU) -> str:
+    """What ``method="auto"`` resolves to for N rows on ``device`` (other methods are returned as given): exact on a
+    GPU, or on CPU up to ``exact_max_n`` rows (lower for a search that queries every row many times)."""
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, not {method!r}")
     if method != "auto":
         return method
-    if torch.device(device).type != "cpu" or n <= EXACT_MAX_N_CPU or not _has_faiss():
+    if torch.device(device).type != "cpu" or n <= exact_max_n or not _has_faiss():
         return "exact"
     return "ivf"
 
