@@ -13,6 +13,7 @@ from .common import (
     categorical_fields,
     dropdown,
     operator_config,
+    positive_int,
     vector_fields,
 )
 
@@ -35,7 +36,7 @@ class FindNearDuplicates(CurationOperator):
 
     def resolve_input(self, ctx):
         from fo_plugin import runs
-        from fo_plugin.core.duplicates import DUPLICATE_THRESHOLD
+        from fo_plugin.core.duplicates import DUPLICATE_THRESHOLD, PIXEL_K
         from fo_plugin.duplicates import POLICIES, duplicate_fields
 
         inputs = types.Object()
@@ -48,6 +49,9 @@ class FindNearDuplicates(CurationOperator):
             bounded_float(ctx, inputs, "verify_threshold", DUPLICATE_THRESHOLD, "Pixel confirmation threshold", 0.0,
                           1.0, "Aligned thumbnail score (shifts, crops, flips, recolouring tolerated); higher: "
                           "fewer, surer pairs")
+            positive_int(ctx, inputs, "pixel_k", PIXEL_K, "Pixel-window candidates per image",
+                         "Each image's best matches by aligned pixel windows join the SSL candidates (shifted and "
+                         "cropped copies the embedding ranks too far); 0: SSL candidates only", minimum=0)
         infl = runs.list_runs(ctx.dataset, "ssl_influence")
         if infl:
             dropdown(inputs, "influence_run", infl, "Also confirm with influence gradients (optional)")
@@ -63,14 +67,14 @@ class FindNearDuplicates(CurationOperator):
 
     def run(self, ctx, progress):
         from fo_plugin import find_near_duplicates
-        from fo_plugin.core.duplicates import DUPLICATE_THRESHOLD
+        from fo_plugin.core.duplicates import DUPLICATE_THRESHOLD, PIXEL_K
 
         p = ctx.params
         out = find_near_duplicates(
             ctx.target_view(), p.get("run_key") or "dups", embeddings_field=p.get("embeddings_field", "ssl_embedding"),
             threshold=p.get("threshold", 0.8),
             verify_threshold=p.get("verify_threshold", DUPLICATE_THRESHOLD) if p.get("pixel_check", True) else None,
-            influence_run=p.get("influence_run") or None, keep=p.get("keep", "first"),
+            pixel_k=p.get("pixel_k", PIXEL_K), influence_run=p.get("influence_run") or None, keep=p.get("keep", "first"),
             split=None if p.get("split", "auto") == "auto" else p["split"], progress=progress)
         return out
 
