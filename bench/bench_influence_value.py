@@ -25,13 +25,14 @@ scores among the verifier-confirmed pairs' members). Also the AUROC of each cosi
 the false ones among the verifier-confirmed pairs (0.5: it adds nothing there; below 0.5: it prefers false pairs).
 The EK-FAC factors are fitted on ``--fit-max`` images (``EKFAC.fit``'s max_examples), then score all.
 
-Measured (seed 0, defaults: 652 images, 27 min on the 2-core machine under a load of ~8, of which EK-FAC 17 min; by
-the README's per-sample costs ~4 min on an idle one): see the README ("Label-free influence"). Neither use earned a
-default: self-influence alone ranks every planted kind but screenshots *below* the photos (AUROC 0.20-0.67), and as a
-fourth Fisher component it lowers the mean and worst kind (0.969 / 0.926 -> 0.954-0.963 / 0.857-0.871), helping only
-screenshots (0.93 -> 0.98); the gradient cosine after the aligned verifier removes planted pairs, not false ones
-(recall 0.97 -> 0.39-0.83, precision 0.90 -> 0.85-0.90; among verified pairs it ranks true below false, AUROC
-0.33-0.38), with every curvature.
+Measured (seed 0 with the defaults, 652 images, 27 min on the 2-core machine under a load of ~8, EK-FAC 17 min of
+it, ~4 min on an idle one by the README's per-sample costs; seed 1 with --n 400 --fit-max 200, 25 min): see the
+README ("Label-free influence"). Neither use earned a default. Self-influence alone ranks the planted kinds at or
+below the photos (AUROC 0.09-0.67; the digit group 0.09 on seed 1) except screenshots (0.60-0.96). As a fourth Fisher component it
+changes the worst kind 0.926 -> 0.857-0.871 (seed 0) and 0.864 -> 0.835-0.893 (seed 1): identity helps on seed 1
+only, diagonal and EK-FAC on neither. The gradient cosine after the aligned verifier mostly removes planted pairs:
+at 0.9, recall 0.97 -> 0.00-0.50 (seed 0) and 0.11-0.47 (seed 1), removing 2-4 of the 4 false pairs (seed 0) and
+the 1 (seed 1).
 
     nice python bench/bench_influence_value.py [--n 500] [--epochs 10] [--seed 0] [--fit-max 300]
 """
