@@ -32,7 +32,7 @@ below the photos (AUROC 0.09-0.67; the digit group 0.09 on seed 1) except screen
 changes the worst kind 0.926 -> 0.857-0.871 (seed 0) and 0.864 -> 0.835-0.893 (seed 1): identity helps on seed 1
 only, diagonal and EK-FAC on neither. The gradient cosine after the aligned verifier mostly removes planted pairs:
 at 0.9, recall 0.97 -> 0.00-0.50 (seed 0) and 0.11-0.47 (seed 1), removing 2-4 of the 4 false pairs (seed 0) and
-the 1 (seed 1).
+the 1 (seed 1). (Seed 0 ran with the outlier defaults before the group term, seed 1 with it at GROUP_Z 6.)
 
     nice python bench/bench_influence_value.py [--n 500] [--epochs 10] [--seed 0] [--fit-max 300]
 """
