@@ -68,8 +68,9 @@ def find_outliers(
             component: they find tight groups of near-copies that plain distances miss (see
             :func:`fo_plugin.core.outliers.outlier_scores` for the measured trade-off).
         weights (None): weight of each component (``ssl``, ``stats``, ``tails``, ``influence``) in the combined
-            score; None: ``ssl`` 0.3, the others 1 (the embedding of a model trained on photos can rank a document as typical;
-            see :data:`fo_plugin.core.outliers.WEIGHTS`); a component not named weighs 1.
+            score; None: ``ssl`` 0.3, ``tails`` 1.5, the others 1 (the embedding of a model trained on photos can rank a
+            document as typical; see :data:`fo_plugin.core.outliers.WEIGHTS`); a component not named weighs 1. The
+            same weights scale each kNN component's group term (tight groups far beyond the bulk).
         influence_run (None): also combine the self-influence of this influence run.
         fraction (None): flag this top fraction (0.02 when no threshold is given); or ``threshold``: flag scores
             >= threshold.
