@@ -28,10 +28,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.func import functional_call, grad, vmap
+from torch.func import functional_call
 
 from . import distributed
 from .augment import AugmentConfig, augment
+from .per_example import per_example_grads as example_grads
 
 CURVATURES = ("ekfac", "diagonal", "identity")
 OUTPUTS = ("projection", "backbone")
@@ -146,24 +147,26 @@ def aug_losses(f: SSLOutput, x: torch.Tensor, cfg: InfluenceConfig) -> torch.Ten
 
 def per_example_grads(f: SSLOutput, x: torch.Tensor, cfg: InfluenceConfig,
                       chunk: int = 32) -> torch.Tensor:
-    """g(x) for a batch as (B, P) float32, P = number of tracked weights (``torch.func``: vmap of grad)."""
-    names = tracked_parameters(f, cfg)
+    """g(x) for a batch as (B, P) float32, P = number of tracked weights, in :func:`tracked_parameters` order.
+
+    The K + 1 views of ``chunk`` examples go through ``f`` as one batch of (K + 1) * chunk rows and one backward
+    pass; each tracked layer's per-example gradient is then formed from its activations and output gradients
+    (:mod:`per_example`), summed over the example's views: about the cost of K + 1 plain forward + backward passes.
+    """
+    modules = dict(f.named_modules())
+    tracked = [(n, modules[n]) for n in tracked_modules(f, cfg)]
+    group = cfg.num_augs + 1
+
+    def loss(v: torch.Tensor) -> torch.Tensor:  # v: (b * (K+1), 3, S, S), example-major -> scalar
+        out = f(v)  # (b * (K+1), D)
+        return loss_from_outputs(list(out.reshape(-1, group, out.shape[-1]).unbind(1))).sum()
+
     params = dict(f.named_parameters())
-    tracked = {n: params[n].detach() for n in names}
-    fixed = {n: p.detach() for n, p in params.items() if n not in tracked}
-    fixed.update(dict(f.named_buffers()))
-    views = torch.stack(make_views(x, cfg), dim=1)  # (B, K+1, 3, S, S)
-
-    def loss_one(tr, v):  # v: (K+1, 3, S, S), one example
-        out = functional_call(f, {**tr, **fixed}, (v,))  # (K+1, D)
-        return (1 - F.cosine_similarity(out[:1].float(), out[1:].float(), dim=-1)).mean()
-
-    g_fn = vmap(grad(loss_one), in_dims=(None, 0))
-    rows = []
-    for s in range(0, len(views), chunk):
-        g = g_fn(tracked, views[s:s + chunk])
-        rows.append(torch.cat([g[n].reshape(g[n].shape[0], -1) for n in names], dim=1).float())
-    return torch.cat(rows)
+    g = torch.empty(len(x), sum(params[n].numel() for n in tracked_parameters(f, cfg)), device=x.device)  # (B, P)
+    for s in range(0, len(x), chunk):
+        views = torch.stack(make_views(x[s:s + chunk], cfg), dim=1)  # (b, K+1, 3, S, S)
+        example_grads(loss, views.flatten(0, 1), tracked, group, g[s:s + chunk])
+    return g
 
 
 class CountSketch:
