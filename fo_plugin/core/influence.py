@@ -181,7 +181,19 @@ class CountSketch:
 
     def __call__(self, g: torch.Tensor) -> torch.Tensor:  # (B, P) -> (B, d)
         out = torch.zeros(g.shape[0], self.d, dtype=g.dtype, device=g.device)
-        return out.index_add_(1, self.bucket, g * self.sign)
+        for i in range(len(g)):  # row by row: a 1-D index_add is ~4x faster on CPU than one along dim 1
+            out[i].index_add_(0, self.bucket, g[i] * self.sign)
+        return out
+
+
+def squared_norms(g: torch.Tensor, block: int = 4096) -> torch.Tensor:
+    """||g_i||^2 for each row of (B, P), float64 (B,): float32 norms of blocks of ``block`` coordinates summed in
+    float64 (relative error ~1e-7, where casting the whole (B, P) to float64 costs as much as computing g)."""
+    cut = g.shape[1] // block * block
+    out = torch.linalg.vector_norm(g[:, cut:], dim=1).double().pow(2)
+    if cut:
+        out += torch.linalg.vector_norm(g[:, :cut].reshape(len(g), -1, block), dim=2).double().pow(2).sum(1)
+    return out
 
 
 BatchIter = Callable[[], Iterator[torch.Tensor]]
@@ -192,9 +204,9 @@ def fisher_sums(f: SSLOutput, batches: BatchIter, cfg: InfluenceConfig) -> tuple
     empirical Fisher."""
     total, n = None, 0
     for x in batches():
-        g = per_example_grads(f, x, cfg)
-        total = g.pow(2).sum(0) if total is None else total + g.pow(2).sum(0)
-        n += len(g)
+        sq = per_example_grads(f, x, cfg).square_().sum(0)  # (P,)
+        total = sq if total is None else total.add_(sq)
+        n += len(x)
     if total is None:  # no rows here (a rank of a torchrun job with none): P comes from the tracked parameters
         params = dict(f.named_parameters())
         total = torch.zeros(sum(params[p].numel() for p in tracked_parameters(f, cfg)),
