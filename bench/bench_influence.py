@@ -77,7 +77,8 @@ def main():
                 net.zero_grad()
                 f(x).square().sum().backward()
 
-    f(next(iter(batches()))[:8]).square().sum().backward()  # warm-up
+    f(next(iter(batches()))[:8]).square().sum().backward()  # warm-up (and of the per-example path below)
+    per_example_grads(f, next(iter(batches()))[:8], InfluenceConfig(num_augs=args.num_augs))
     net.zero_grad()
     # the floor is timed before and after the modes (a shared machine is noisy): the faster of the two
     t_floor = common.best_of(floor, 1)
@@ -120,7 +121,7 @@ def main():
         row(mode, dt)
     t_floor = min(t_floor, common.best_of(floor, 1))
     for r in rows:
-        r["ratio to floor"] = 1000 * r["s per 1k samples"] / n / t_floor
+        r["ratio to floor"] = r["s per 1k samples"] * n / 1000 / t_floor
     row(f"floor: {args.num_augs + 1} x forward+backward", t_floor)
     common.table(rows, f"Influence cost, {n} images, K={args.num_augs}, batch {bs}, proxy width 32, {dev}, "
                  f"{torch.get_num_threads()} threads")
