@@ -7,6 +7,10 @@ Only the layers that run in the loss and get a gradient are tracked (:func:`infl
 keeps its device choice in a process-wide shared state; every :class:`EKFAC` resets it, so runs with different
 devices in one long-lived process do not leak into each other. Fitted factors are cached under ``out_dir`` with a
 fingerprint of the model, the settings and the images, and refitted when any of them changes.
+
+kronfluence fits the factors and scores train-to-sample pairs; self-influence applies the fitted factors to our own
+per-example gradients (:meth:`EKFAC.scores_from_grads`), so ``compute_ssl_influence`` gets it from the same
+gradient pass that gives its gradient sketch.
 """
 
 from __future__ import annotations
@@ -208,11 +212,11 @@ class EKFAC:
             si += (rot.square_() * inv).sum((1, 2)).double()
         return si
 
-    def self_influence(self, images: np.ndarray, name: str = "self") -> np.ndarray:
+    def self_influence(self, images: np.ndarray) -> np.ndarray:
         """SI(x) = g^T (H + lambda I)^-1 g for each image, (N,): kronfluence's fitted EK-FAC factors applied to our
         per-example gradients (:func:`influence.per_example_grads`, one batched backward per batch), which
-        replaces kronfluence's own scoring pass (the same score to float rounding).
-        ``name`` is kept for compatibility (nothing is written)."""
+        replaces kronfluence's own scoring pass: the same scores to float rounding (tested), at about half its cost
+        on CPU; nothing is written to disk."""
         layers = self.preconditioner()
         out = []
         for s in range(0, len(images), self.batch_size):
