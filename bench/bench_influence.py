@@ -80,14 +80,15 @@ def main():
     f(next(iter(batches()))[:8]).square().sum().backward()  # warm-up (and of the per-example path below)
     per_example_grads(f, next(iter(batches()))[:8], InfluenceConfig(num_augs=args.num_augs))
     net.zero_grad()
-    # the floor is timed before and after the modes (a shared machine is noisy): the faster of the two
-    t_floor = common.best_of(floor, 1)
+    # a shared machine's load drifts: the floor is timed again around every mode, and each mode's ratio is to the
+    # mean of the floors just before and just after it
+    floors = [common.best_of(floor, 1)]
     rows, scores = [], {}
     cfg = InfluenceConfig(num_augs=args.num_augs)
     scores["augmentation loss"] = torch.cat([aug_losses(f, x, cfg) for x in batches()]).cpu().numpy()
 
-    def row(mode, dt):
-        rows.append({"mode": mode, "s per 1k samples": 1000 * dt / n, "ratio to floor": dt / t_floor})
+    def row(mode, dt, around):
+        rows.append({"mode": mode, "s per 1k samples": 1000 * dt / n, "ratio to floor": dt / around})
 
     for mode in ("identity", "identity + sketch", "diagonal", "ekfac"):
         c = InfluenceConfig(num_augs=args.num_augs, curvature=mode.split()[0])
@@ -98,8 +99,6 @@ def main():
                 ek.fit(images)
                 t_fit = time.perf_counter() - t0
                 si = ek.self_influence(images)
-            row("ekfac: fit", t_fit)
-            row("ekfac: self-influence", time.perf_counter() - t0 - t_fit)
         else:
             params = dict(f.named_parameters())
             n_params = sum(params[name].numel() for name in tracked_parameters(f, c))
@@ -116,13 +115,16 @@ def main():
                     sketch(g)
             si = np.concatenate(si)
         dt = time.perf_counter() - t0
+        floors.append(common.best_of(floor, 1))
+        around = (floors[-2] + floors[-1]) / 2
         if mode != "identity + sketch":
             scores[f"self-influence ({mode})"] = si
-        row(mode, dt)
-    t_floor = min(t_floor, common.best_of(floor, 1))
-    for r in rows:
-        r["ratio to floor"] = r["s per 1k samples"] * n / 1000 / t_floor
-    row(f"floor: {args.num_augs + 1} x forward+backward", t_floor)
+        if mode == "ekfac":
+            row("ekfac: fit", t_fit, around)
+            row("ekfac: self-influence", dt - t_fit, around)
+        row(mode, dt, around)
+    t_floor = float(np.median(floors))
+    row(f"floor: {args.num_augs + 1} x forward+backward (median of {len(floors)})", t_floor, t_floor)
     common.table(rows, f"Influence cost, {n} images, K={args.num_augs}, batch {bs}, proxy width 32, {dev}, "
                  f"{torch.get_num_threads()} threads")
     common.table([{"score": k, "AUROC (OOD high)": auroc(v, ood)} for k, v in scores.items()],
