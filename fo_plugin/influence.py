@@ -30,6 +30,7 @@ from .core.influence import (
     fit_diagonal,
     per_example_grads,
     preconditioner,
+    squared_norms,
     tracked_parameters,
 )
 from .core.knn import knn
@@ -148,7 +149,7 @@ def compute_ssl_influence(
             loss = distributed.gather_rows(loss)
             progress(0.1, "augmentation losses")
 
-            diag, lam, sketch = None, None, None
+            diag, lam, sketch, layers = None, None, None, None
             if curvature == "diagonal":
                 def sums_once() -> dict[str, np.ndarray]:  # this rank's sums only: no collective inside a chunk
                     total, count = fisher_sums(f, lambda: pool.batches(dev, batch_size, rows), cfg)
@@ -159,6 +160,16 @@ def compute_ssl_influence(
                 if run.primary:
                     torch.save({"diag": diag.cpu(), "damping": lam}, os.path.join(rdir, "diagonal.pt"))
                 progress(0.4, "diagonal Fisher fitted")
+            if curvature == "ekfac":  # kronfluence is not sharded: rank 0 fits, every rank scores its rows with it
+                if run.primary:
+                    ek = EKFAC(f, cfg, os.path.join(rdir, "kronfluence"), dev, batch_size)
+                    progress(0.1, "fitting EK-FAC factors")
+                    ek.fit(pool.subset(), fit_max_examples)
+                    layers = [tuple(t.cpu() if torch.is_tensor(t) else t for t in lay) for lay in ek.preconditioner()]
+                layers = [tuple(t.to(dev) if torch.is_tensor(t) else t for t in layer)
+                          for layer in distributed.broadcast(layers)]
+                lam = cfg.damping
+                progress(0.4, "EK-FAC factors fitted")
             scale = preconditioner(cfg, diag, lam)
             tracked = set(tracked_parameters(f, cfg))
             n_params = sum(p.numel() for name, p in f.named_parameters() if name in tracked)
@@ -166,28 +177,17 @@ def compute_ssl_influence(
                 sketch = CountSketch(n_params, project_dim, seed, dev)
             si, sketches = np.zeros(len(rows)), [torch.zeros(0, project_dim)]
             for b, x in enumerate(pool.batches(dev, batch_size, rows)):
-                if curvature != "ekfac" or sketch is not None:
-                    s0 = b * batch_size
-                    g0 = first + s0
-                    out = run.chunk(f"{tag}-grads-{g0}-{g0 + len(x)}", lambda x=x: _grad_chunk(f, x, cfg, scale, sketch))
-                    if curvature != "ekfac":
-                        si[s0:s0 + len(x)] = out["si"]
-                    if sketch is not None:
-                        sketches.append(torch.as_tensor(out["sketch"]))
+                s0 = b * batch_size
+                g0 = first + s0
+                kind = "ekfac-grads" if layers is not None else "grads"  # never an older run's chunk without SI
+                out = run.chunk(f"{tag}-{kind}-{g0}-{g0 + len(x)}",
+                                lambda x=x: _grad_chunk(f, x, cfg, scale, sketch, layers))
+                si[s0:s0 + len(x)] = out["si"]
+                if sketch is not None:
+                    sketches.append(torch.as_tensor(out["sketch"]))
                 progress(0.4 + 0.3 * min(1.0, (b + 1) * batch_size / max(len(rows), 1)), "per-example gradients")
             si = distributed.gather_rows(si)
             z = distributed.gather_rows(torch.cat(sketches)) if sketch is not None else None
-            if curvature == "ekfac":  # kronfluence is not sharded: rank 0 fits and scores, the others wait for it
-                si = None
-                if run.primary:
-                    ek = EKFAC(f, cfg, os.path.join(rdir, "kronfluence"), dev, batch_size)
-                    progress(0.7, "fitting EK-FAC factors")
-                    images = pool.subset()
-                    ek.fit(images, fit_max_examples)
-                    progress(0.85, "EK-FAC self-influence")
-                    si = ek.self_influence(images)
-                si = distributed.broadcast(si)
-                lam = cfg.damping
             if not np.isfinite(si).all() or not np.isfinite(loss).all():
                 raise FloatingPointError("influence scores are not finite (the model or its gradients hold NaN)")
         finally:
@@ -230,12 +230,18 @@ def compute_ssl_influence(
     return {k: v for k, v in summary.items() if k != "pairs"}
 
 
-def _grad_chunk(f, x, cfg, scale, sketch) -> dict[str, np.ndarray]:
-    """One batch's ||g||^2 (preconditioned; the self-influence for identity / diagonal curvature), (B,) float64,
-    and its gradient sketch (B, d) when one is kept."""
+def _grad_chunk(f, x, cfg, scale, sketch, layers) -> dict[str, np.ndarray]:
+    """One batch's self-influence, (B,) float64: g^T (H + lambda I)^-1 g with EK-FAC's fitted ``layers``
+    (:meth:`EKFAC.preconditioner`), else ||g||^2 (preconditioned by ``scale`` for the diagonal curvature); and its
+    gradient sketch (B, d) when one is kept (of the preconditioned g for the diagonal curvature)."""
     g = per_example_grads(f, x, cfg)  # (B, P)
-    g = g * scale if scale is not None else g
-    out = {"si": g.double().pow(2).sum(1).cpu().numpy()}
+    if layers is not None:
+        si = EKFAC.scores_from_grads(g, layers)
+    else:
+        if scale is not None:
+            g.mul_(scale)
+        si = squared_norms(g)
+    out = {"si": si.cpu().numpy()}
     if sketch is not None:
         out["sketch"] = sketch(g).cpu().numpy()
     return out

@@ -166,3 +166,31 @@ def test_model_fingerprint_follows_the_weights():
         b.l2.bias[0] += 1e-6
     assert model_fingerprint(a) != model_fingerprint(b)
     assert len(model_fingerprint(a)) == 64
+
+
+@pytest.mark.parametrize("model", ["tiny", "proxy"])
+def test_self_influence_from_our_gradients_equals_kronfluences_scoring(images, model, tmp_path):
+    """EKFAC.self_influence applies the fitted factors to our per-example gradients; kronfluence's own scoring pass
+    (its per-sample gradients, its preconditioning) must give the same scores: Linear layers with biases (Tiny),
+    bias-free strided convs and eval BatchNorm (the proxy), the heuristic damping and a given one."""
+    from fo_plugin.core.backbones import Backbone, BackboneSpec
+    from fo_plugin.core.ekfac import FACTORS, UInt8Images
+    from fo_plugin.core.models import ProxyConfig, ProxyModel
+
+    if model == "tiny":
+        f, imgs = SSLOutput(Tiny()), images[8][:16]
+    else:
+        torch.manual_seed(0)
+        proxy = ProxyModel(ProxyConfig(width=4)).eval()
+        net = Backbone(nn.Identity(), 32, proxy.cfg.mean, proxy.cfg.std, BackboneSpec(), proxy=proxy)
+        f, imgs = SSLOutput(net), images[32][:16]
+    for damping in (None, 1e-3):
+        cfg = _cfg(imgs.shape[1], damping=damping)
+        ek = EKFAC(f.eval(), cfg, str(tmp_path / f"ek{damping}"), CPU, batch_size=8)
+        ek.fit(imgs)
+        ours = ek.self_influence(imgs)
+        ek.analyzer.compute_self_scores("kron", FACTORS, UInt8Images(imgs), per_device_train_batch_size=8,
+                                        score_args=ek._score_args(), overwrite_output_dir=True)
+        ref = ek.analyzer.load_self_scores("kron")["all_modules"].double().numpy()
+        assert ref.min() > 0 and ref.std() > 0
+        assert np.allclose(ours, ref, rtol=1e-4), np.abs(ours / ref - 1).max()

@@ -7,6 +7,10 @@ Only the layers that run in the loss and get a gradient are tracked (:func:`infl
 keeps its device choice in a process-wide shared state; every :class:`EKFAC` resets it, so runs with different
 devices in one long-lived process do not leak into each other. Fitted factors are cached under ``out_dir`` with a
 fingerprint of the model, the settings and the images, and refitted when any of them changes.
+
+kronfluence fits the factors and scores train-to-sample pairs; self-influence applies the fitted factors to our own
+per-example gradients (:meth:`EKFAC.scores_from_grads`), so ``compute_ssl_influence`` gets it from the same
+gradient pass that gives its gradient sketch.
 """
 
 from __future__ import annotations
@@ -22,7 +26,15 @@ import torch
 from torch.utils import data
 
 from .fingerprint import array_fingerprint, dict_fingerprint, model_fingerprint
-from .influence import InfluenceConfig, SSLOutput, loss_from_outputs, make_views, tracked_modules
+from .images import to_float
+from .influence import (
+    InfluenceConfig,
+    SSLOutput,
+    loss_from_outputs,
+    make_views,
+    per_example_grads,
+    tracked_modules,
+)
 
 FACTORS = "ekfac"  # kronfluence's factors name: its folder is <out_dir>/ssl_influence/factors_ekfac
 FINGERPRINT_FILE = "ekfac_fit.json"
@@ -92,6 +104,7 @@ class EKFAC:
         model = copy.deepcopy(f).eval().to(device)
         self.tracked = tracked_modules(model, cfg)
         self.model_fingerprint = model_fingerprint(model)
+        self.f = copy.deepcopy(model)  # unwrapped (prepare_model wraps the layers): our per-example gradients run on it
         self.task = _task(cfg, self.tracked)
         model = prepare_model(model, self.task)
         os.makedirs(out_dir, exist_ok=True)
@@ -159,13 +172,57 @@ class EKFAC:
             raise ValueError(f"the EK-FAC factors in {self.out_dir} were fitted for another model or other settings; "
                              "fit them again (EKFAC.fit) before scoring")
 
-    def self_influence(self, images: np.ndarray, name: str = "self") -> np.ndarray:
-        """SI(x) = g^T (H + lambda I)^-1 g for each image, (N,)."""
+    def preconditioner(self) -> list[tuple]:
+        """Per tracked layer, in :func:`influence.per_example_grads` column order: (number of weight + bias columns,
+        output size, has a bias, Q_G (out, out), Q_A (in', in'), 1 / (Lambda + lambda) (out, in')) from the fitted
+        factors, prepared as kronfluence 1.0.1 prepares them for scoring (Lambda = corrected eigenvalues / number of
+        examples; lambda = ``cfg.damping`` or 0.1 x mean(Lambda) of that layer; in' = in + 1 with a bias)."""
         self.check_factors()
-        self.analyzer.compute_self_scores(name, FACTORS, UInt8Images(images),
-                                          per_device_train_batch_size=self.batch_size,
-                                          score_args=self._score_args(), overwrite_output_dir=True)
-        return self.analyzer.load_self_scores(name)["all_modules"].double().cpu().numpy()
+        factors = self.analyzer.load_all_factors(FACTORS)
+        modules = dict(self.f.named_modules())
+        out = []
+        for name in self.tracked:
+            m = modules[name]
+            lam = factors["lambda_matrix"][name].to(self.device, torch.float64)
+            lam = lam / factors["num_lambda_processed"][name].to(self.device)
+            lam = (lam + (self.cfg.damping if self.cfg.damping is not None else 0.1 * lam.mean())).reciprocal()
+            n = m.weight.numel() + (m.bias.numel() if m.bias is not None else 0)
+            qg = factors["gradient_eigenvectors"][name].to(self.device, torch.float32)
+            qa = factors["activation_eigenvectors"][name].to(self.device, torch.float32)
+            out.append((n, m.weight.shape[0], m.bias is not None, qg, qa, lam.to(torch.float32)))
+        return out
+
+    @staticmethod
+    def scores_from_grads(g: torch.Tensor, layers: list) -> torch.Tensor:
+        """SI = sum over layers of g_l^T (Q_G x Q_A) (Lambda + lambda)^-1 (Q_G x Q_A)^T g_l for per-example
+        gradients ``g`` (B, P) in :func:`influence.per_example_grads` layout -> (B,) float64.
+
+        g_l is the layer's (out, in') gradient matrix (weight flattened as (out, in * k * k), bias as the last
+        column, as kronfluence lays it out); rotated into the eigenbasis, R = Q_G^T g_l Q_A, SI_l = sum R^2 / (Lambda
+        + lambda)."""
+        si = torch.zeros(len(g), dtype=torch.float64, device=g.device)
+        s = 0
+        for n, cout, bias, qg, qa, inv in layers:
+            mat = g[:, s:s + n]  # (B, n): weight (out * in) then bias (out)
+            s += n
+            if bias:
+                mat = torch.cat([mat[:, :n - cout].reshape(len(g), cout, -1), mat[:, n - cout:, None]], dim=2)
+            mat = mat.reshape(len(g), cout, qa.shape[0])  # (B, out, in')
+            rot = torch.matmul(qg.t(), torch.matmul(mat, qa))  # (B, out, in')
+            si += (rot.square_() * inv).sum((1, 2)).double()
+        return si
+
+    def self_influence(self, images: np.ndarray) -> np.ndarray:
+        """SI(x) = g^T (H + lambda I)^-1 g for each image, (N,): kronfluence's fitted EK-FAC factors applied to our
+        per-example gradients (:func:`influence.per_example_grads`, one batched backward per batch), which
+        replaces kronfluence's own scoring pass: the same scores to float rounding (tested), at about half its cost
+        on CPU; nothing is written to disk."""
+        layers = self.preconditioner()
+        out = []
+        for s in range(0, len(images), self.batch_size):
+            x = to_float(np.ascontiguousarray(images[s:s + self.batch_size]), self.device)  # (b, 3, S, S)
+            out.append(self.scores_from_grads(per_example_grads(self.f, x, self.cfg), layers).cpu())
+        return torch.cat(out).numpy() if out else np.zeros(0)
 
     def pairwise(self, query: np.ndarray, train: np.ndarray, name: str = "pairwise") -> np.ndarray:
         """I(z, x) = -g(x)^T (H + lambda I)^-1 g(z) for queries x and training images z, (Q, N)."""

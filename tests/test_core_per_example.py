@@ -1,0 +1,118 @@
+"""Hook-based per-example gradients (one batched backward) against the torch.func reference they replaced
+(vmap of grad, one example at a time), on real CIFAR-10 images (no FiftyOne): the proxy's own architecture (eval
+BatchNorm, strided convs, bias-free layers, both outputs), conv variants (groups, dilation, stride, reflect and
+"same" padding, bias, an in-place ReLU right after a conv), a layer called twice, token inputs, an open_clip tower."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.func import functional_call, grad, vmap
+
+from fo_plugin.core.augment import AugmentConfig
+from fo_plugin.core.backbones import Backbone, BackboneSpec
+from fo_plugin.core.images import iter_decoded, to_float
+from fo_plugin.core.influence import InfluenceConfig, SSLOutput, make_views, per_example_grads, tracked_parameters
+from fo_plugin.core.models import ProxyConfig, ProxyModel
+
+
+def vmap_grads(f: nn.Module, x: torch.Tensor, cfg: InfluenceConfig) -> torch.Tensor:
+    """The previous implementation: torch.func vmap(grad) over examples, each with its K + 1 views, (B, P)."""
+    names = tracked_parameters(f, cfg)
+    params = dict(f.named_parameters())
+    tracked = {n: params[n].detach() for n in names}
+    fixed = {n: p.detach() for n, p in params.items() if n not in tracked}
+    fixed.update(dict(f.named_buffers()))
+    views = torch.stack(make_views(x, cfg), dim=1)  # (B, K+1, 3, S, S)
+
+    def loss_one(tr, v):  # v: (K+1, 3, S, S), one example
+        out = functional_call(f, {**tr, **fixed}, (v,))  # (K+1, D)
+        return (1 - F.cosine_similarity(out[:1].float(), out[1:].float(), dim=-1)).mean()
+
+    g = vmap(grad(loss_one), in_dims=(None, 0))(tracked, views)
+    return torch.cat([g[n].reshape(len(x), -1) for n in names], dim=1)
+
+
+def assert_same(got: torch.Tensor, ref: torch.Tensor):
+    assert got.shape == ref.shape
+    assert ref.norm() > 0
+    per_example = (got - ref).norm(dim=1) / ref.norm(dim=1)  # every example's gradient, not only the total
+    assert per_example.max() < 1e-4, per_example.max()
+
+
+@pytest.fixture(scope="module")
+def images(cifar_files):
+    """12 real CIFAR-10 images, float (12, 3, 32, 32) in [0, 1]."""
+    return to_float(next(iter_decoded([p for p, _, _ in cifar_files[::33]][:12], 32, batch_size=12))[1], "cpu")
+
+
+@pytest.mark.parametrize("output", ["projection", "backbone"])
+def test_proxy_architecture_matches_vmap(images, output):
+    torch.manual_seed(0)
+    proxy = ProxyModel(ProxyConfig(width=8)).eval()
+    for m in proxy.modules():  # BatchNorm statistics that are not the identity, as after training
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            m.running_mean.uniform_(-0.3, 0.3)
+            m.running_var.uniform_(0.5, 2.0)
+    f = SSLOutput(Backbone(nn.Identity(), 32, proxy.cfg.mean, proxy.cfg.std, BackboneSpec(), proxy=proxy), output)
+    cfg = InfluenceConfig(num_augs=3)
+    g = per_example_grads(f.eval(), images, cfg, chunk=5)  # chunks of 5, 5, 2 examples
+    assert_same(g, vmap_grads(f, images, cfg))
+
+
+class Odd(nn.Module):
+    """Conv variants and a shared layer: grouped + dilated, strided with reflect padding, 'same' padding with bias,
+    an in-place ReLU applied to a conv's own output, a Linear over tokens and a Linear called twice."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(1)
+        self.c1 = nn.Conv2d(3, 8, 3, padding=2, dilation=2, bias=False)
+        self.c2 = nn.Conv2d(8, 8, 3, stride=2, padding=1, groups=4, padding_mode="reflect")
+        self.c3 = nn.Conv2d(8, 6, (3, 2), padding="same")
+        self.relu = nn.ReLU(inplace=True)
+        self.tok = nn.Linear(6, 6)
+        self.shared = nn.Linear(6, 6)
+        self.unused = nn.Linear(6, 6)
+
+    def forward(self, x):
+        h = self.relu(self.c3(torch.tanh(self.c2(torch.tanh(self.c1(x))))))  # in-place on c3's output
+        t = self.tok(h.flatten(2).transpose(1, 2))  # (N, T, 6) tokens
+        return self.shared(torch.tanh(self.shared(t.mean(1))))
+
+    project = forward
+
+
+def test_conv_variants_token_inputs_and_a_shared_layer_match_vmap(images):
+    f = SSLOutput(Odd()).eval()
+    cfg = InfluenceConfig(num_augs=2, augment=AugmentConfig(size=16))
+    assert "unused.weight" not in tracked_parameters(f, cfg)
+    x = images[:, :, :16, :16].contiguous()
+    assert_same(per_example_grads(f, x, cfg, chunk=4), vmap_grads(f, x, cfg))
+
+
+def test_open_clip_image_tower_matches_vmap(images):
+    import open_clip
+
+    from fo_plugin.core.backbones import _ClipImage
+
+    torch.manual_seed(0)
+    clip = open_clip.CLIP(embed_dim=16, vision_cfg={"image_size": 32, "patch_size": 8, "width": 32, "layers": 2,
+                                                    "head_width": 16},
+                          text_cfg={"context_length": 8, "vocab_size": 64, "width": 16, "heads": 2, "layers": 1})
+    net = Backbone(_ClipImage(clip), 32, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25), BackboneSpec("open_clip"))
+    f = SSLOutput(net, "backbone").eval()
+    cfg = InfluenceConfig(num_augs=2, output="backbone")
+    assert_same(per_example_grads(f, images[:6], cfg), vmap_grads(f, images[:6], cfg))
+
+
+def test_frozen_weights_still_get_their_gradients(images):
+    """requires_grad=False on the model (a frozen backbone) changes nothing: g is taken w.r.t. the tracked layers."""
+    proxy = ProxyModel(ProxyConfig(width=4)).eval()
+    f = SSLOutput(Backbone(nn.Identity(), 32, proxy.cfg.mean, proxy.cfg.std, BackboneSpec(), proxy=proxy))
+    cfg = InfluenceConfig(num_augs=2)
+    ref = per_example_grads(f, images[:4], cfg)
+    for p in f.parameters():
+        p.requires_grad_(False)
+    assert torch.equal(per_example_grads(f, images[:4], cfg), ref)
+    assert all(p.grad is None for p in f.parameters())  # nothing accumulated into .grad
