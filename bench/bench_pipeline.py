@@ -33,12 +33,16 @@ def run_size(n: int, args) -> dict:
     cmd = [sys.executable, "-m", "fo_plugin.demo", *size, "--name", f"bench-pipeline-{n}", "--fresh",
            "--epochs", str(args.epochs), "--train-limit", str(args.train_limit), "--influence", args.influence,
            "--device", args.device, "--json", out]
-    p = subprocess.run(cmd, cwd=common.ROOT, capture_output=True, text=True, timeout=args.timeout)
-    if p.returncode != 0:
-        raise SystemExit(f"the demo failed at N = {n}:\n{p.stderr[-2000:]}")
-    with open(out) as f:
-        rep = json.load(f)
-    os.remove(out)
+    try:
+        p = subprocess.run(cmd, cwd=common.ROOT, capture_output=True, text=True, timeout=args.timeout)
+        if p.returncode != 0:
+            raise SystemExit(f"the demo failed at N = {n}:\n{p.stderr[-2000:]}")
+        with open(out) as f:
+            rep = json.load(f)
+    except subprocess.TimeoutExpired:
+        raise SystemExit(f"the demo at N = {n} took over {args.timeout:.0f} s") from None
+    finally:
+        os.remove(out)
     print(f"N = {rep['n']:,}: {rep['total_s']:.0f} s", file=sys.stderr, flush=True)
     return rep
 
@@ -52,16 +56,17 @@ def report(reps: list[dict]) -> None:
     ns = [r["n"] for r in reps]
     stages = [s["stage"] for s in reps[-1]["stages"]]
     by = [{s["stage"]: s for s in r["stages"]} for r in reps]
-    head = " | ".join(f"N = {n:,}: s, GB" for n in ns)
-    print(f"\n| stage | {head} | time exponent | memory exponent |")
+    head = " | ".join(f"N = {n:,}: s, peak GB (+ the stage's own)" for n in ns)
+    print(f"\n| stage | {head} | time exponent | memory exponent (the stage's own) |")
     print("|---|" + "---|" * (len(ns) + 2))
     for st in stages:
         if not all(st in b for b in by):
             continue
         t = [b[st]["seconds"] for b in by]
         m = [b[st]["peak_gb"] for b in by]
-        cells = " | ".join(f"{a:.1f}, {g:.2f}" for a, g in zip(t, m))
-        print(f"| {st} | {cells} | {exponent(ns, t):.2f} | {exponent(ns, m):.2f} |")
+        grew = [b[st]["peak_gb"] - b[st]["start_gb"] for b in by]  # what the stage added to the process
+        cells = " | ".join(f"{a:.1f}, {g:.2f} (+{x:.2f})" for a, g, x in zip(t, m, grew))
+        print(f"| {st} | {cells} | {exponent(ns, t):.2f} | {exponent(ns, grew):.2f} |")
     tot = [r["total_s"] for r in reps]
     print(f"| total | {' | '.join(f'{x:.0f}' for x in tot)} | {exponent(ns, tot):.2f} | |")
 

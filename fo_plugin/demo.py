@@ -52,9 +52,11 @@ class Stages:
     @contextlib.contextmanager
     def __call__(self, name: str):
         _reset_peak()
+        start = _status_gb("VmRSS:")
         t = time.perf_counter()
         yield
-        self.rows.append({"stage": name, "seconds": round(time.perf_counter() - t, 2), "peak_gb": round(_peak_gb(), 3)})
+        self.rows.append({"stage": name, "seconds": round(time.perf_counter() - t, 2),
+                          "peak_gb": round(_status_gb("VmHWM:"), 3), "start_gb": round(start, 3)})
 
     def table(self) -> str:
         lines = ["| stage | time (s) | peak RSS (GB) |", "| --- | --- | --- |"]
@@ -71,14 +73,14 @@ def _reset_peak() -> None:
         pass
 
 
-def _peak_gb() -> float:
+def _status_gb(key: str) -> float:
+    """A memory figure of this process from /proc/self/status (``VmRSS:`` now, ``VmHWM:`` the peak) in GB; 0 where
+    there is no /proc."""
     try:
         with open("/proc/self/status") as f:
-            return next(int(ln.split()[1]) / 2**20 for ln in f if ln.startswith("VmHWM:"))
-    except (OSError, StopIteration):
-        import resource
-
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+            return next((int(ln.split()[1]) / 2**20 for ln in f if ln.startswith(key)), 0.0)
+    except OSError:
+        return 0.0
 
 
 def main(argv=None) -> None:
@@ -107,6 +109,8 @@ def main(argv=None) -> None:
         ds = fo_plugin.load_cifar10(args.name, "all", per_class, persistent=True, overwrite=args.fresh)
     splits = dict(zip(*np.unique(ds.values("split"), return_counts=True))) if ds.has_field("split") else {}
     print(f"dataset {ds.name!r}: {len(ds)} CIFAR-10 images {splits} ({time.perf_counter() - t0:.1f} s)")
+    if not splits:
+        print("  (made by an earlier version, without a split field: run with --fresh for the leaky-split check)")
 
     with stage("embeddings"):
         emb = run_operator("compute_ssl_embeddings", ds.name, {"epochs": args.epochs, "device": args.device,

@@ -170,7 +170,8 @@ def find_near_duplicates(
     types = dict(FIELD_TYPES)
     if source is not None:
         names["leaky"], types["leaky"] = f"{run_key}_leaky", fo.BooleanField
-    config = {"embeddings_field": embeddings_field, "k": k, "threshold": threshold, "pixel_k": pixel_k,
+    config = {"embeddings_field": embeddings_field, "k": k, "threshold": threshold,
+              "pixel_k": pixel_k if verify_threshold is not None else 0,
               "verify_threshold": verify_threshold, "influence_run": influence_run,
               "influence_threshold": influence_threshold, "mutual": mutual, "keep": keep, "clcore_run": clcore_run,
               "split": source}
@@ -194,6 +195,8 @@ def find_near_duplicates(
             with DecodedImages(vpaths, vids, 32, run.artifacts) as thumbs:  # a uint8 memmap, read chunk by chunk
                 for r, key in _identical_pixels(thumbs, vpaths).items():
                     pixel_keys[int(valid[r])] = key
+                if pixel_k and len(valid) > 1:
+                    progress(0.15, "pixel-window candidates")
                 extra = pixel_candidates(thumbs.images, pixel_k) if pixel_k and len(valid) > 1 else None
                 if extra is not None:  # undecodable thumbnails (zeros) are no pixel candidates
                     decoded = np.isin(np.arange(len(valid)), thumbs.valid)

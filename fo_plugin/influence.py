@@ -203,7 +203,8 @@ def compute_ssl_influence(
                 np.save(os.path.join(rdir, "grad_sketch.npy"), z.numpy())
                 with open(os.path.join(rdir, "grad_sketch_ids.txt"), "w") as fh:
                     fh.write("\n".join(scored))
-            nn_idx, nn_sim = (a[:, 0] for a in knn(z.to(dev), 1))  # the one kNN: bounded blocks, IVF at scale
+            nn = knn(z.to(dev), 1) if run.primary else None  # the one kNN: bounded blocks, IVF at scale
+            nn_idx, nn_sim = (a[:, 0] for a in distributed.broadcast(nn))  # rank 0's (n >= 2: checked above)
             dup_of = [scored[j] if j >= 0 else None for j in nn_idx]  # -1: an approximate search found none
             dup_score = [float(v) if j >= 0 else None for j, v in zip(nn_idx, nn_sim)]
             seen = set()

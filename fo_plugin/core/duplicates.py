@@ -134,32 +134,32 @@ def pixel_candidates(gray: torch.Tensor | np.ndarray, k: int = PIXEL_K, chunk: i
     The warped windows (36 N, D) are the database of the one kNN (:mod:`fo_plugin.core.knn`: exact in memory-bounded
     tiles, or a faiss IVF index, ``method`` as there; ``"auto"`` takes IVF above ``PIXEL_EXACT_MAX_N`` samples on
     CPU), queried with the central windows for the 36 k best warps, the best warp of each sample kept. Memory: the
-    (36 N, D) warps, 9 kB a sample (D = 64 floats)."""
+    (36 N, D) warps, 9 kB a sample (D = 64 floats), held once (the IVF index keeps its own copy and the tensor is
+    freed)."""
     n = len(gray)
     k = min(k, n - 1)
     if k <= 0:
         return np.zeros((0, 3))
-    cs, ws = [], []
+    v, d = 2 * len(WINDOW_SIZES) * len(WINDOW_SHIFTS) ** 2, WINDOW_CELLS ** 2
+    central, warps = torch.empty(n, d), torch.empty(n, v, d)
     for s in range(0, n, chunk):
-        c, w = window_descriptors(_luma_rows(gray, np.arange(s, min(s + chunk, n))))
-        cs.append(c)
-        ws.append(w)
-    central, warps = torch.cat(cs), torch.cat(ws)  # (N, D), (N, V, D)
-    del cs, ws
-    v = warps.shape[1]
-    warps = warps.flatten(0, 1)  # (N V, D): row r is a warp of sample r // V
-    owner = np.arange(n * v) // v
+        e = min(s + chunk, n)
+        central[s:e], warps[s:e] = window_descriptors(_luma_rows(gray, np.arange(s, e)))
+    warps = warps.view(n * v, d)  # row r is a warp of sample r // V
     method = choose_method(n, central.device, method, exact_max_n=PIXEL_EXACT_MAX_N)
-    index = None if method == "exact" else build_index(warps, method)
+    index = None
+    if method != "exact":
+        index = build_index(warps, method)
+        del warps
     out_i = np.full((n, k), -1, np.int64)
     out_s = np.full((n, k), -np.inf, np.float32)
     for s in range(0, n, chunk):
         rows = np.arange(s, min(s + chunk, n))
         if index is None:  # db_ids: the query row each database row is (its own warps are excluded)
-            idx, sim = exact_search(central[rows], warps, k * v, db_ids=owner - s)
-        else:
-            idx, sim = index_search(index, central[rows], k * v)
-        j = np.where(idx >= 0, owner[np.maximum(idx, 0)], -1)  # (R, V k) samples
+            idx, sim = exact_search(central[rows], warps, k * v, db_ids=np.arange(n * v) // v - s)
+        else:  # its own V warps may come back too: ask for V more
+            idx, sim = index_search(index, central[rows], k * v + v)
+        j = np.where(idx >= 0, idx // v, -1)  # (R, V k) samples
         sim = np.where((j >= 0) & (j != rows[:, None]), sim, -np.inf)
         r = np.repeat(np.arange(len(rows)), j.shape[1])
         j, val = j.reshape(-1), sim.reshape(-1)

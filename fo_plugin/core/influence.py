@@ -189,6 +189,8 @@ class CountSketch:
 def squared_norms(g: torch.Tensor, block: int = 4096) -> torch.Tensor:
     """||g_i||^2 for each row of (B, P), float64 (B,): float32 norms of blocks of ``block`` coordinates summed in
     float64 (relative error ~1e-7, where casting the whole (B, P) to float64 costs as much as computing g)."""
+    if len(g) == 0:
+        return g.new_zeros(0, dtype=torch.float64)
     cut = g.shape[1] // block * block
     out = torch.linalg.vector_norm(g[:, cut:], dim=1).double().pow(2)
     if cut:

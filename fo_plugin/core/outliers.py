@@ -202,7 +202,7 @@ def outlier_scores(emb: torch.Tensor | None, scales: tuple[int, ...] = SCALES,
             N = 2,000, a 6-epoch proxy).
         combine: "fisher" (default): sum over families of w_f * -log(1 - rank + 1/N); "max": the largest re-ranked
             family score; "mean2": the mean of the two largest.
-        weights: Fisher weight per family name, for ``combine="fisher"`` (None: ``WEIGHTS``, i.e. ``ssl`` 0.3;
+        weights: Fisher weight per family name, for ``combine="fisher"`` (None: ``WEIGHTS``: ``ssl`` 0.3, ``tails`` 1.5;
             a family not named weighs 1; ``{}``: all 1).
         tails (True): with ``stats``, add the ``tails`` family (False: the previous score).
         group (True): with ``tightness`` and ``combine="fisher"``, add the group term: for each kNN family f,
