@@ -80,8 +80,10 @@ def emb(ds):
 def test_torchrun_trains_and_embeds_as_one_process(ds, emb):
     two = torchrun(ds, "embeddings", "emb2", EMB)
     assert two["trained_proxy"] and two["num_embedded"] == N and two["num_failed"] == 1
+    # the same losses up to float summation order (the two processes' all-reduce and thread counts differ from one
+    # process's: measured differences 1e-6 to 2e-5 relative)
     assert [h["loss"] for h in two["train_history"]] == pytest.approx([h["loss"] for h in emb["train_history"]],
-                                                                      rel=1e-5)
+                                                                      rel=1e-4)
     assert_same(ds, "emb1", "emb2", rtol=1e-3, atol=1e-4)  # trained weights agree to float rounding
     errors = values(ds, "emb2_error")
     assert errors == values(ds, "emb1_error") and sum(e is not None for e in errors) == 1
