@@ -1,7 +1,7 @@
 """The demo: real CIFAR-10 images -> persistent FiftyOne dataset -> our operators, run through FiftyOne's own
 operator execution (the path the App uses) -> a summary and the command that opens the App.
 
-    python -m fo_plugin.demo                  # 6,000 images (5,000 train + 1,000 test), 10 proxy epochs
+    python -m fo_plugin.demo                  # 4,800 images (4,000 train + 800 test), 10 proxy epochs
     python -m fo_plugin.demo --full           # all 60,000 images (train + test); --device cuda for a GPU
 """
 
@@ -86,7 +86,7 @@ def _status_gb(key: str) -> float:
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--name", default="ssl-curation-demo", help="dataset name")
-    ap.add_argument("--per-class", type=int, default=500,
+    ap.add_argument("--per-class", type=int, default=400,
                     help="CIFAR-10 training images per class (and a fifth as many test images)")
     ap.add_argument("--full", action="store_true", help="all 60,000 images (50,000 train + 10,000 test)")
     ap.add_argument("--epochs", type=int, default=10, help="proxy training epochs")
@@ -107,7 +107,8 @@ def main(argv=None) -> None:
 
         per_class = None if args.full else args.per_class
         ds = fo_plugin.load_cifar10(args.name, "all", per_class, persistent=True, overwrite=args.fresh)
-    splits = dict(zip(*np.unique(ds.values("split"), return_counts=True))) if ds.has_field("split") else {}
+    splits = {str(k): int(v) for k, v in zip(*np.unique(ds.values("split"), return_counts=True))} \
+        if ds.has_field("split") else {}
     print(f"dataset {ds.name!r}: {len(ds)} CIFAR-10 images {splits} ({time.perf_counter() - t0:.1f} s)")
     if not splits:
         print("  (made by an earlier version, without a split field: run with --fresh for the leaky-split check)")
