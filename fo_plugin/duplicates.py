@@ -195,9 +195,10 @@ def find_near_duplicates(
             with DecodedImages(vpaths, vids, 32, run.artifacts) as thumbs:  # a uint8 memmap, read chunk by chunk
                 for r, key in _identical_pixels(thumbs, vpaths).items():
                     pixel_keys[int(valid[r])] = key
+                extra = None
                 if pixel_k and len(valid) > 1:
                     progress(0.15, "pixel-window candidates")
-                extra = pixel_candidates(thumbs.images, pixel_k) if pixel_k and len(valid) > 1 else None
+                    extra = pixel_candidates(thumbs.images, pixel_k)
                 if extra is not None:  # undecodable thumbnails (zeros) are no pixel candidates
                     decoded = np.isin(np.arange(len(valid)), thumbs.valid)
                     extra = extra[decoded[extra[:, 0].astype(np.int64)] & decoded[extra[:, 1].astype(np.int64)]]

@@ -91,20 +91,15 @@ def robust_standardise(stats: dict[str, np.ndarray], names: tuple[str, ...] = OU
                        clip: float = 20.0) -> np.ndarray:
     """(N, D) matrix of (x - median) / scale per statistic, scale = IQR / 1.349 (floored at a tenth of the standard
     deviation and 1e-6, so a mostly constant statistic does not explode), clipped to +-``clip``."""
-    cols = []
-    for n in names:
-        v = np.asarray(stats[n], dtype=np.float64)
-        q1, med, q3 = np.percentile(v, [25, 50, 75])
-        scale = max((q3 - q1) / 1.349, 0.1 * v.std(), 1e-6)
-        cols.append(np.clip((v - med) / scale, -clip, clip))
-    return np.stack(cols, 1)
+    return np.stack([np.clip(robust_z(np.asarray(stats[n], dtype=np.float64), floor=1e-6), -clip, clip)
+                     for n in names], 1)
 
 
-def robust_z(v: np.ndarray) -> np.ndarray:
-    """(N,) -> (N,): (v - median) / (IQR / 1.349), the scale floored at a tenth of the standard deviation and 1e-12:
-    how far a value lies beyond the bulk, in units that do not saturate as ranks do."""
+def robust_z(v: np.ndarray, floor: float = 1e-12) -> np.ndarray:
+    """(N,) -> (N,): (v - median) / (IQR / 1.349), the scale floored at a tenth of the standard deviation and
+    ``floor``: how far a value lies beyond the bulk, in units that do not saturate as ranks do."""
     q1, med, q3 = np.percentile(v, [25, 50, 75])
-    return (v - med) / max((q3 - q1) / 1.349, 0.1 * float(np.std(v)), 1e-12)
+    return (v - med) / max((q3 - q1) / 1.349, 0.1 * float(np.std(v)), floor)
 
 
 def tail_distances(stats: dict[str, np.ndarray], names: tuple[str, ...] = TAIL_STATS, clip: float = 20.0
