@@ -43,6 +43,10 @@ def run_size(n: int, args) -> dict:
         raise SystemExit(f"the demo at N = {n} took over {args.timeout:.0f} s") from None
     finally:
         os.remove(out)
+        if not args.keep:  # a 60k dataset and its run artifacts are not worth keeping on disk
+            drop = (f"import fiftyone as fo\nfor n in ('bench-pipeline-{n}', 'bench-pipeline-{n}-curated'):\n"
+                    "    fo.dataset_exists(n) and fo.delete_dataset(n)")
+            subprocess.run([sys.executable, "-c", drop], cwd=common.ROOT, capture_output=True)
     print(f"N = {rep['n']:,}: {rep['total_s']:.0f} s", file=sys.stderr, flush=True)
     return rep
 
@@ -78,6 +82,7 @@ def main() -> None:
     ap.add_argument("--train-limit", type=int, default=10_000)
     ap.add_argument("--influence", default="identity", choices=("identity", "diagonal", "ekfac"))
     ap.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    ap.add_argument("--keep", action="store_true", help="keep each size's dataset (default: deleted once measured)")
     ap.add_argument("--timeout", type=float, default=4 * 3600, help="seconds allowed to one size")
     args = ap.parse_args()
     report([run_size(n, args) for n in sorted(args.sizes)])

@@ -2,6 +2,8 @@
 recall targets on clustered data with planted near-copies, auto picks what its doc says, and the k-th-neighbour
 distances track exact ones."""
 
+import warnings
+
 import numpy as np
 import pytest
 import torch
@@ -86,6 +88,17 @@ def test_auto_selection_follows_the_doc():
     assert choose_method(10**7, "cpu", "hnsw") == "hnsw"
     with pytest.raises(ValueError):
         choose_method(10, "cpu", "annoy")
+
+
+def test_auto_without_faiss_falls_back_to_exact_with_a_warning(monkeypatch):
+    import fo_plugin.core.knn as knn_module
+
+    monkeypatch.setattr(knn_module, "_has_faiss", lambda: False)
+    with pytest.warns(RuntimeWarning, match="faiss is not installed"):
+        assert choose_method(20_001, "cpu") == "exact"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # small: exact anyway, and no warning
+        assert choose_method(20_000, "cpu") == "exact"
 
 
 def test_kth_neighbour_distances_track_exact(data):

@@ -11,6 +11,7 @@ scores.
 from __future__ import annotations
 
 import math
+import warnings
 
 import numpy as np
 import torch
@@ -66,7 +67,12 @@ def choose_method(n: int, device: torch.device | str = "cpu", method: str = "aut
         raise ValueError(f"method must be one of {METHODS}, not {method!r}")
     if method != "auto":
         return method
-    if torch.device(device).type != "cpu" or n <= exact_max_n or not _has_faiss():
+    if torch.device(device).type != "cpu" or n <= exact_max_n:
+        return "exact"
+    if not _has_faiss():
+        warnings.warn(f"faiss is not installed: exact kNN over {n:,} rows on CPU (quadratic in N; slow above "
+                      f"{exact_max_n:,}). `pip install faiss-cpu` (a dependency of this package) restores the index.",
+                      RuntimeWarning, stacklevel=3)
         return "exact"
     return "ivf"
 
