@@ -93,7 +93,8 @@ def _task(cfg: InfluenceConfig, tracked: list[str]):
 
 
 class EKFAC:
-    """Fitted EK-FAC factors for one model and one augmentation task, cached under ``out_dir``."""
+    """Fitted EK-FAC factors for one model and one augmentation task, cached under ``out_dir``. ``f`` is put in
+    eval mode on ``device`` and used as is (kronfluence gets its own copy to wrap)."""
 
     def __init__(self, f: SSLOutput, cfg: InfluenceConfig, out_dir: str, device: torch.device, batch_size: int = 64):
         from kronfluence.analyzer import Analyzer, prepare_model
@@ -101,10 +102,10 @@ class EKFAC:
 
         logging.getLogger("kronfluence").setLevel(logging.WARNING)
         self.cfg, self.device, self.batch_size, self.out_dir = cfg, device, batch_size, out_dir
-        model = copy.deepcopy(f).eval().to(device)
+        self.f = f.eval().to(device)  # ours, unwrapped: our per-example gradients run on it (no second copy)
+        model = copy.deepcopy(self.f)  # kronfluence's: prepare_model wraps its layers in place
         self.tracked = tracked_modules(model, cfg)
         self.model_fingerprint = model_fingerprint(model)
-        self.f = copy.deepcopy(model)  # unwrapped (prepare_model wraps the layers): our per-example gradients run on it
         self.task = _task(cfg, self.tracked)
         model = prepare_model(model, self.task)
         os.makedirs(out_dir, exist_ok=True)
