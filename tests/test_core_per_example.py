@@ -1,7 +1,8 @@
 """Hook-based per-example gradients (one batched backward) against the torch.func reference they replaced
 (vmap of grad, one example at a time), on real CIFAR-10 images (no FiftyOne): the proxy's own architecture (eval
 BatchNorm, strided convs, bias-free layers, both outputs), conv variants (groups, dilation, stride, reflect and
-"same" padding, bias, an in-place ReLU right after a conv), a layer called twice, token inputs, an open_clip tower."""
+"same" padding, bias, an in-place ReLU right after a conv), a layer called twice, token inputs (sequence-first with as
+many tokens as rows too), an open_clip tower."""
 
 import pytest
 import torch
@@ -89,6 +90,30 @@ def test_conv_variants_token_inputs_and_a_shared_layer_match_vmap(images):
     assert "unused.weight" not in tracked_parameters(f, cfg)
     x = images[:, :, :16, :16].contiguous()
     assert_same(per_example_grads(f, x, cfg, chunk=4), vmap_grads(f, x, cfg))
+
+
+class SeqFirst(nn.Module):
+    """Patch tokens handed to a Linear sequence-first, (T, N, in), as open_clip's older transformers do."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(2)
+        self.patch = nn.Conv2d(3, 6, 8, stride=8)  # 16 x 16 -> 2 x 2 = 4 tokens
+        self.tok = nn.Linear(6, 6)
+
+    def forward(self, x):
+        t = self.patch(x).flatten(2).permute(2, 0, 1)  # (T, N, 6)
+        return torch.tanh(self.tok(t)).mean(0)
+
+    project = forward
+
+
+def test_sequence_first_tokens_as_many_as_rows_match_vmap(images):
+    """T = 4 tokens and chunks of 2 examples x 2 views = 4 rows: the shape alone cannot tell the layout."""
+    f = SSLOutput(SeqFirst()).eval()
+    cfg = InfluenceConfig(num_augs=1, augment=AugmentConfig(size=16))
+    x = images[:6, :, :16, :16].contiguous()
+    assert_same(per_example_grads(f, x, cfg, chunk=2), vmap_grads(f, x, cfg))
 
 
 def test_open_clip_image_tower_matches_vmap(images):
