@@ -179,9 +179,13 @@ class CountSketch:
         self.sign = (torch.randint(2, (p,), generator=g) * 2 - 1).float().to(device)
         self.d = d
 
-    def __call__(self, g: torch.Tensor) -> torch.Tensor:  # (B, P) -> (B, d)
+    def __call__(self, g: torch.Tensor, rowwise: bool | None = None) -> torch.Tensor:  # (B, P) -> (B, d)
+        """``rowwise`` (None: on CPU): one 1-D index_add per row, ~4x faster on CPU than one along dim 1, which is
+        the one kernel used on a GPU (a row loop there launches B kernels). Both give the same sums."""
         out = torch.zeros(g.shape[0], self.d, dtype=g.dtype, device=g.device)
-        for i in range(len(g)):  # row by row: a 1-D index_add is ~4x faster on CPU than one along dim 1
+        if not (g.device.type == "cpu" if rowwise is None else rowwise):
+            return out.index_add_(1, self.bucket, g * self.sign)
+        for i in range(len(g)):
             out[i].index_add_(0, self.bucket, g[i] * self.sign)
         return out
 
