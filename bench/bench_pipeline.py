@@ -73,6 +73,12 @@ def report(reps: list[dict]) -> None:
         print(f"| {st} | {cells} | {exponent(ns, t):.2f} | {exponent(ns, grew):.2f} |")
     tot = [r["total_s"] for r in reps]
     print(f"| total | {' | '.join(f'{x:.0f}' for x in tot)} | {exponent(ns, tot):.2f} | |")
+    for r in reps:
+        found = r.get("found") or {}
+        leak = ", ".join(f"{k} {v:.1%}" for k, v in (found.get("leaky_fraction") or {}).items())
+        print(f"N = {r['n']:,}: {found.get('duplicate_groups')} duplicate groups (samples with a duplicate in another "
+              f"split: {leak or '-'}), {found.get('outliers_flagged')} outliers, CL-Core kept "
+              f"{found.get('clcore_kept')}")
 
 
 def main() -> None:

@@ -97,7 +97,7 @@ def main(argv=None) -> None:
                     help="influence curvature (ekfac is the paper's, ~4x slower than identity on CPU)")
     ap.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     ap.add_argument("--fresh", action="store_true", help="rebuild the dataset and retrain the proxy")
-    ap.add_argument("--json", help="also write each stage's time and peak memory to this file")
+    ap.add_argument("--json", help="also write each stage's time and peak memory, and what it found, to this file")
     args = ap.parse_args(argv)
 
     t0 = time.perf_counter()
@@ -170,7 +170,10 @@ def main(argv=None) -> None:
     print(f"total {time.perf_counter() - t0:.1f} s")
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"n": len(ds), "stages": stage.rows, "total_s": time.perf_counter() - t0}, f, indent=1)
+            found = {"duplicate_groups": dups["num_groups"], "leaky_fraction": dups.get("leaky_fraction"),
+                     "outliers_flagged": outl["num_flagged"], "clcore_kept": core["num_selected"]}
+            json.dump({"n": len(ds), "stages": stage.rows, "total_s": time.perf_counter() - t0, "found": found}, f,
+                      indent=1)
     make_app = "make app" if ds.name == "ssl-curation-demo" else f"make app DATASET={ds.name}"
     print(f"\nOpen the App on the result:\n  {make_app}    "
           f"(= fiftyone app launch {ds.name} --remote --address 127.0.0.1 --port 5151)")
