@@ -155,7 +155,7 @@ def main() -> None:
         u = torch.nn.functional.normalize(gm[c].double(), dim=1)
         cos[c] = (u @ u.T).numpy()
     print("influence seconds (all images): " + ", ".join(f"{c} {secs[c]:.0f}" for c in curv) +
-          f"; P = {g_mem.shape[1]} parameters; pairwise EK-FAC among {len(members)} images")
+          f"; P = {g_mem.shape[1]} parameters" + (f"; pairwise EK-FAC among {len(members)} images" if "ekfac" in curv else ""))
 
     # outliers
     default = outlier_scores(emb, stats=stats)
