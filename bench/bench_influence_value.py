@@ -33,6 +33,13 @@ changes the worst kind 0.926 -> 0.857-0.871 (seed 0) and 0.864 -> 0.835-0.893 (s
 only, diagonal and EK-FAC on neither. The gradient cosine after the aligned verifier mostly removes planted pairs:
 at 0.9, recall 0.97 -> 0.00-0.50 (seed 0) and 0.11-0.47 (seed 1), removing 2-4 of the 4 false pairs (seed 0) and
 the 1 (seed 1). (Seed 0 ran with the outlier defaults before the group term, seed 1 with it at GROUP_Z 6.)
+Re-run at today's outlier defaults (tails 1.5, group term at GROUP_Z 4, the spot statistics; identity and diagonal
+only, ``--curvatures identity,diagonal``, the other defaults; 3.4 / 2.2 min, seeds 0 / 1): the default score's worst
+kind 0.926 / 0.933 (screenshots / microscopy-like); with self-influence as a fourth component 0.942 / 0.969
+(identity: screenshots 0.926 -> 0.985 and 0.948 -> 0.977, microscopy-like 0.961 -> 0.942 and 0.933 -> 0.969, the
+others within -0.008) and 0.936 / 0.943 (diagonal). Duplicates: cosine >= 0.9 after the verifier, recall 0.97 ->
+0.50 / 0.53 (identity), 0.42 / 0.42 (diagonal), removing 1 of 3 / 2 of 2 false pairs; AUROC among verified pairs
+0.28 / 0.71 (identity). EK-FAC not re-run.
 
     nice python bench/bench_influence_value.py [--n 500] [--epochs 10] [--seed 0] [--fit-max 300]
         [--curvatures identity,diagonal,ekfac]   (a subset skips the others; without ekfac most of the time)
