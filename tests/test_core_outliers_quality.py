@@ -163,6 +163,21 @@ def test_image_stats_lie_in_their_documented_ranges(photos):
     assert np.median(image_stats(photos)["exact_gray"]) < 0.2
 
 
+def test_spot_statistics_count_small_blobs_not_edges_or_shading():
+    field = np.full((32, 32), 200.0)
+    dots = field.copy()
+    dots[4::8, 4::8] = 120  # 16 one-pixel dark dots
+    bright = 255 - dots  # the same dots, bright on dark
+    ramp = np.tile(np.linspace(40, 220, 32), (32, 1))  # smooth shading
+    edge = np.where(np.arange(32)[None, :] < 16, 60.0, 200.0).repeat(32, 0)  # one straight edge
+    imgs = np.stack([np.repeat(a[..., None], 3, -1) for a in (dots, bright, ramp, edge, field)]).astype(np.uint8)
+    s = image_stats(imgs)
+    np.testing.assert_allclose(s["dark_spots"][:2], [16 / 1024, 0.0])
+    np.testing.assert_allclose(s["bright_spots"][:2], [0.0, 16 / 1024])
+    assert np.all(s["dark_spots"][2:] == 0) and np.all(s["bright_spots"][2:] == 0)
+    assert "dark_spots" in TAIL_STATS and "bright_spots" in TAIL_STATS
+
+
 def test_quality_flags_fire_on_degraded_copies_and_rarely_on_photos(photos):
     flags, values = quality_flags(photos)
     rates = {f: float(v.mean()) for f, v in flags.items()}

@@ -41,14 +41,15 @@ def test_outlier_operator_finds_every_kind_and_keeps_each_component(ood_dataset)
                           for k in sorted(set(planted) - {"none"})}
     print("outlier AUROC per kind: " + "; ".join(f"{f}: " + ", ".join(f"{k} {v:.2f}" for k, v in d.items())
                                                 for f, d in figures.items()))
-    # measured here (6-epoch proxy on 400 images, N = 380; defaults: ssl 0.3, stats 1, tails 1.5, group term):
-    # combined documents 0.98, textures 0.99, line drawings 0.99, microscopy 0.89, screenshots 0.96, flat 0.99, digit
-    # group 1.00 (previous defaults, tails 1 and no group term: 0.98, 0.99, 0.99, 0.89, 0.97, 0.99, 0.99; without the
-    # tails family 0.87, 0.90, 0.87, 0.82, 0.94, 0.96, 0.98); image-statistics kNN 0.81-0.97; tails 0.92-1.00
-    # (microscopy and screenshots lowest); SSL 0.18-0.94 (the briefly trained proxy ranks textures as typical). 10 per kind
-    # among 300: one image moves the AUROC by ~0.02, so these assert the measured floor minus ~0.03 (microscopy, whose
-    # stained-tissue and coloured-blob images look photo-like, the weakest).
-    assert all(v >= (0.85 if k == "microscopy" else 0.92) for k, v in figures["ood_score"].items()), figures["ood_score"]
+    # measured here (6-epoch proxy on 400 images, N = 380; defaults: ssl 0.3, stats 1, tails 1.5, group term, 26
+    # statistics with the spot counts): combined documents 0.98, textures 0.99, line drawings 0.99, microscopy 0.94,
+    # screenshots 0.96, flat 0.99, digit group 1.00 (without dark_spots / bright_spots microscopy 0.89: one crop of a
+    # stained-tissue slide ranked below 91% of the photos; tails 1 and no group term: 0.98, 0.99, 0.99, 0.89, 0.97,
+    # 0.99, 0.99; without the tails family 0.87, 0.90, 0.87, 0.82, 0.94, 0.96, 0.98); image-statistics kNN 0.81-0.97;
+    # tails 0.92-1.00 (microscopy and screenshots lowest); SSL 0.18-0.94 (the briefly trained proxy ranks textures as
+    # typical). 10 per kind among 300: one image moves the AUROC by ~0.02, so these assert the measured floor minus
+    # ~0.04 (microscopy, whose stained-tissue crops look photo-like, the weakest: 0.89-0.98 over other plant seeds).
+    assert all(v >= (0.9 if k == "microscopy" else 0.92) for k, v in figures["ood_score"].items()), figures["ood_score"]
     assert all(v >= 0.78 for v in figures["ood_stats"].values()), figures["ood_stats"]
     assert all(v >= 0.85 for v in figures["ood_tails"].values()), figures["ood_tails"]
     assert figures["ood_score"]["group"] >= 0.95 and figures["ood_ssl"]["group"] >= 0.9  # the digit group

@@ -44,6 +44,10 @@ STATS: dict[str, tuple[tuple[float, float], str]] = {
     "axis_alignment": ((-1, 1), "gradient-energy-weighted cos(4 theta): 1 = edges along the axes, -1 = diagonal"),
     "coherence": ((0, 1), "global structure-tensor coherence (l1 - l2) / (l1 + l2): one dominant orientation"),
     "border_std": ((0, 0.5), "luminance standard deviation of the outer border (1/8 of the side)"),
+    "dark_spots": ((0, 1), "fraction of pixels that are a small dark blob: a strict 3x3 minimum of the lightly smoothed "
+                           "(sigma 0.7 px) luminance, > 0.01 below its 5x5 mean (nuclei, cells, granules, dots, "
+                           "speckle; a photo's fine detail is mostly edges and smooth shading)"),
+    "bright_spots": ((0, 1), "the same for small bright blobs (strict 3x3 maxima > 0.01 above the 5x5 mean)"),
 }
 GEOMETRY: dict[str, tuple[tuple[float, float], str]] = {
     "aspect": ((1, np.inf), "max(W / H, H / W) of the original image"),
@@ -136,6 +140,18 @@ def _batch_stats(u8: torch.Tensor) -> dict[str, np.ndarray]:
     frac = counts / code.shape[1]
     out["dominant_colour"] = frac.max(1).values
     out["colour_count"] = (frac >= 0.005).float().mean(1)
+
+    # blobs: local extrema of the lightly smoothed luminance (a difference-of-box blob detector at the finest scale)
+    g = torch.exp(-torch.arange(-2, 3).float() ** 2 / (2 * 0.7 ** 2))
+    g = (g / g.sum()).view(1, 1, 1, 5)
+    ys = F.conv2d(F.pad(F.conv2d(F.pad(y1, (2, 2, 0, 0), mode="reflect"), g), (0, 0, 2, 2), mode="reflect"),
+                  g.transpose(2, 3))  # (B, 1, S, S)
+    nb = F.unfold(F.pad(ys, (1, 1, 1, 1), mode="replicate"), 3)  # (B, 9, S*S) each pixel's 3x3 neighbourhood
+    nb = torch.cat([nb[:, :4], nb[:, 5:]], 1)  # (B, 8, S*S) the 8 neighbours
+    yc, avg = ys.reshape(b, 1, -1), F.avg_pool2d(F.pad(ys, (2, 2, 2, 2), mode="replicate"), 5, 1).reshape(b, 1, -1)
+    # strict extrema (a plateau beside an edge is not a spot), 0.01 beyond their 5x5 mean
+    out["dark_spots"] = ((yc < nb.min(1, keepdim=True).values) & (avg - yc > 0.01)).float().mean((1, 2))
+    out["bright_spots"] = ((yc > nb.max(1, keepdim=True).values) & (yc - avg > 0.01)).float().mean((1, 2))
 
     k = max(1, s // 8)
     ring = torch.ones(s, s, dtype=torch.bool)
