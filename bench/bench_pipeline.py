@@ -36,19 +36,38 @@ def run_size(n: int, args) -> dict:
     try:
         p = subprocess.run(cmd, cwd=common.ROOT, capture_output=True, text=True, timeout=args.timeout)
         if p.returncode != 0:
-            raise SystemExit(f"the demo failed at N = {n}:\n{p.stderr[-2000:]}")
+            raise SystemExit(f"the demo failed at N = {n} (its dataset is kept):\n{p.stderr[-2000:]}")
         with open(out) as f:
             rep = json.load(f)
     except subprocess.TimeoutExpired:
         raise SystemExit(f"the demo at N = {n} took over {args.timeout:.0f} s") from None
     finally:
         os.remove(out)
-        if not args.keep:  # a 60k dataset and its run artifacts are not worth keeping on disk
-            drop = (f"import fiftyone as fo\nfor n in ('bench-pipeline-{n}', 'bench-pipeline-{n}-curated'):\n"
-                    "    fo.dataset_exists(n) and fo.delete_dataset(n)")
-            subprocess.run([sys.executable, "-c", drop], cwd=common.ROOT, capture_output=True)
+    if not args.keep:
+        drop_datasets(n)
     print(f"N = {rep['n']:,}: {rep['total_s']:.0f} s", file=sys.stderr, flush=True)
     return rep
+
+
+DROP = """
+import shutil, sys
+import fiftyone as fo
+from fo_plugin.runs import delete_run, list_runs
+for name in sys.argv[1:]:
+    if fo.dataset_exists(name):
+        ds = fo.load_dataset(name)
+        for key in list_runs(ds):
+            delete_run(ds, key)  # the run lifecycle removes its artifacts (checkpoints, factors, sketches)
+        fo.delete_dataset(name)
+"""
+
+
+def drop_datasets(n: int) -> None:
+    """Delete size ``n``'s demo dataset, its curated export and their runs' artifacts (a 60k run's are gigabytes)."""
+    p = subprocess.run([sys.executable, "-c", DROP, f"bench-pipeline-{n}", f"bench-pipeline-{n}-curated"],
+                       cwd=common.ROOT, capture_output=True, text=True)
+    if p.returncode != 0:
+        print(f"could not delete the N = {n} datasets:\n{p.stderr[-1000:]}", file=sys.stderr)
 
 
 def exponent(ns: list[int], ys: list[float]) -> float:
@@ -74,7 +93,9 @@ def report(reps: list[dict]) -> None:
     tot = [r["total_s"] for r in reps]
     print(f"| total | {' | '.join(f'{x:.0f}' for x in tot)} | {exponent(ns, tot):.2f} | |")
     for r in reps:
-        found = r.get("found") or {}
+        found = r.get("found")
+        if not found:
+            continue
         leak = ", ".join(f"{k} {v:.1%}" for k, v in (found.get("leaky_fraction") or {}).items())
         print(f"N = {r['n']:,}: {found.get('duplicate_groups')} duplicate groups (samples with a duplicate in another "
               f"split: {leak or '-'}), {found.get('outliers_flagged')} outliers, CL-Core kept "

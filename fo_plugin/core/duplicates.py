@@ -329,8 +329,10 @@ def _sample_central(sig: torch.Tensor, theta: torch.Tensor, s: int) -> torch.Ten
     alignment."""
     e, n_l = theta.shape[:2]
     o, t = (s - TEMPLATE) // 2, TEMPLATE
-    coords = F.affine_grid(theta.reshape(e * n_l, 2, 3), [e * n_l, 1, s, s], align_corners=False)
-    coords = coords[:, o:o + t, o:o + t].reshape(e, n_l * t, t, 2)
+    c = (2 * torch.arange(o, o + t, dtype=theta.dtype) + 1) / s - 1  # pixel centres, normalised (align_corners False)
+    base = torch.stack([c[None, :].expand(t, t), c[:, None].expand(t, t), torch.ones(t, t)], -1)  # (T, T, 3): x, y, 1
+    coords = torch.einsum("hwk,eljk->elhwj", base, theta)  # = affine_grid's central T x T only: (E, L, T, T, 2)
+    coords = coords.reshape(e, n_l * t, t, 2)
     w = F.grid_sample(sig, coords, mode="bilinear", padding_mode="reflection", align_corners=False)
     return w.view(e, sig.shape[1], n_l, t * t)  # (E, C, L*T, T) -> (E, C, L, T*T)
 

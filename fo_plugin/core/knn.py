@@ -70,9 +70,9 @@ def choose_method(n: int, device: torch.device | str = "cpu", method: str = "aut
     if torch.device(device).type != "cpu" or n <= exact_max_n:
         return "exact"
     if not _has_faiss():
-        warnings.warn(f"faiss is not installed: exact kNN over {n:,} rows on CPU (quadratic in N; slow above "
+        warnings.warn(f"faiss is not installed: exact kNN over {n:,} samples on CPU (quadratic in N; slow above "
                       f"{exact_max_n:,}). `pip install faiss-cpu` (a dependency of this package) restores the index.",
-                      RuntimeWarning, stacklevel=3)
+                      RuntimeWarning, stacklevel=2)  # Python shows it once per calling line
         return "exact"
     return "ivf"
 
