@@ -102,6 +102,9 @@ def main() -> None:
     ap.add_argument("--curvatures", default=",".join(CURVATURES),
                     help="comma-separated subset of identity,diagonal,ekfac (EK-FAC is most of the run's time)")
     a = ap.parse_args()
+    unknown = set(a.curvatures.split(",")) - set(CURVATURES)
+    if unknown:
+        ap.error(f"unknown curvature(s) {sorted(unknown)}: choose from {CURVATURES}")
     curv = tuple(c for c in CURVATURES if c in a.curvatures.split(","))
     torch.set_num_threads(2)
     dev, bs, t0 = torch.device("cpu"), 64, time.perf_counter()

@@ -94,7 +94,8 @@ def _task(cfg: InfluenceConfig, tracked: list[str]):
 
 class EKFAC:
     """Fitted EK-FAC factors for one model and one augmentation task, cached under ``out_dir``. ``f`` is put in
-    eval mode on ``device`` and used as is (kronfluence gets its own copy to wrap)."""
+    eval mode on ``device`` and used as is (kronfluence gets its own copy to wrap): do not change its weights while
+    this object is in use, the factors were fitted on them."""
 
     def __init__(self, f: SSLOutput, cfg: InfluenceConfig, out_dir: str, device: torch.device, batch_size: int = 64):
         from kronfluence.analyzer import Analyzer, prepare_model

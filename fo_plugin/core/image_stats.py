@@ -44,10 +44,11 @@ STATS: dict[str, tuple[tuple[float, float], str]] = {
     "axis_alignment": ((-1, 1), "gradient-energy-weighted cos(4 theta): 1 = edges along the axes, -1 = diagonal"),
     "coherence": ((0, 1), "global structure-tensor coherence (l1 - l2) / (l1 + l2): one dominant orientation"),
     "border_std": ((0, 0.5), "luminance standard deviation of the outer border (1/8 of the side)"),
-    "dark_spots": ((0, 1), "fraction of pixels that are a small dark blob: a strict 3x3 minimum of the lightly smoothed "
-                           "(sigma 0.7 px) luminance, > 0.01 below its 5x5 mean (nuclei, cells, granules, dots, "
-                           "speckle; a photo's fine detail is mostly edges and smooth shading)"),
-    "bright_spots": ((0, 1), "the same for small bright blobs (strict 3x3 maxima > 0.01 above the 5x5 mean)"),
+    "dark_spots": ((0, 0.25), "fraction of pixels that are a small dark blob: a strict 3x3 minimum of the lightly "
+                              "smoothed (sigma 0.7 px) luminance, > 0.01 below its 5x5 mean (nuclei, cells, granules, "
+                              "dots, speckle; a photo's fine detail is mostly edges and smooth shading; strict minima "
+                              "are never adjacent, so at most ~1/4; border pixels never count)"),
+    "bright_spots": ((0, 0.25), "the same for small bright blobs (strict 3x3 maxima > 0.01 above the 5x5 mean)"),
 }
 GEOMETRY: dict[str, tuple[tuple[float, float], str]] = {
     "aspect": ((1, np.inf), "max(W / H, H / W) of the original image"),
