@@ -123,7 +123,7 @@ def test_gradient_sketch_error_against_exact_train_to_sample_scores(cifar_files)
     rows = []
     for d in (256, 1024, 4096):
         sk = CountSketch(g.shape[1], d, seed=1)
-        torch.testing.assert_close(sk(g[:8], rowwise=False), sk(g[:8], rowwise=True))  # the one-kernel path a GPU takes, same sums
+        torch.testing.assert_close(sk(g[:20], rowwise=False), sk(g[:20], rowwise=True))  # the one-kernel path a GPU takes, same sums
         approx = (sk(g[:8]) @ sk(g[8:]).T).numpy()
         rho = np.mean([spearman(a, b) for a, b in zip(approx, exact)])
         rel = np.abs(approx - exact).mean() / np.abs(exact).mean()
