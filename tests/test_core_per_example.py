@@ -95,10 +95,10 @@ def test_conv_variants_token_inputs_and_a_shared_layer_match_vmap(images):
 class SeqFirst(nn.Module):
     """Patch tokens handed to a Linear sequence-first, (T, N, in), as open_clip's older transformers do."""
 
-    def __init__(self):
+    def __init__(self, side: int = 8):
         super().__init__()
         torch.manual_seed(2)
-        self.patch = nn.Conv2d(3, 6, 8, stride=8)  # 16 x 16 -> 2 x 2 = 4 tokens
+        self.patch = nn.Conv2d(3, 6, side, stride=side)  # 16 x 16 -> (16 // side)^2 tokens
         self.tok = nn.Linear(6, 6)
 
     def forward(self, x):
@@ -108,12 +108,14 @@ class SeqFirst(nn.Module):
     project = forward
 
 
-def test_sequence_first_tokens_as_many_as_rows_match_vmap(images):
-    """T = 4 tokens and chunks of 2 examples x 2 views = 4 rows: the shape alone cannot tell the layout."""
-    f = SSLOutput(SeqFirst()).eval()
-    cfg = InfluenceConfig(num_augs=1, augment=AugmentConfig(size=16))
+@pytest.mark.parametrize("side,num_augs,chunk", [(8, 1, 2), (5, 2, 3)])
+def test_sequence_first_tokens_as_many_as_rows_match_vmap(images, side, num_augs, chunk):
+    """T tokens = chunk examples x (K + 1) views rows (4 = 2 x 2, and an odd chunk: 9 = 3 x 3): the shape alone cannot
+    tell the layout."""
+    f = SSLOutput(SeqFirst(side)).eval()
+    cfg = InfluenceConfig(num_augs=num_augs, augment=AugmentConfig(size=16))
     x = images[:6, :, :16, :16].contiguous()
-    assert_same(per_example_grads(f, x, cfg, chunk=2), vmap_grads(f, x, cfg))
+    assert_same(per_example_grads(f, x, cfg, chunk=chunk), vmap_grads(f, x, cfg))
 
 
 def test_open_clip_image_tower_matches_vmap(images):
