@@ -86,7 +86,7 @@ def _status_gb(key: str) -> float:
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--name", default="ssl-curation-demo", help="dataset name")
-    ap.add_argument("--per-class", type=int, default=400,
+    ap.add_argument("--per-class", type=int, default=350,
                     help="CIFAR-10 training images per class (and a fifth as many test images)")
     ap.add_argument("--full", action="store_true", help="all 60,000 images (50,000 train + 10,000 test)")
     ap.add_argument("--epochs", type=int, default=10, help="proxy training epochs")
