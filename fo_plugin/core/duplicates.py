@@ -369,19 +369,18 @@ def _fine(sig: torch.Tensor, src: torch.Tensor, dst: torch.Tensor, best: torch.T
     th = torch.cat([th[..., :2], th[..., 2:] + th[..., :2] @ step[..., None]], -1)
     # local refinement: sampling coordinates A (M x + d) + b for each linear map M, then each shift d
     lin, shifts = _local_warps()
-    dst_sig = sig[dst]
-    for stage in ("linear", "shift"):  # each stage perturbs the previous stage's choice
-        if stage == "linear":
-            cand = torch.cat([th[:, None, :, :2] @ lin, th[:, None, :, 2:].expand(-1, len(lin), 2, 1)], -1)
-        else:
-            cand = torch.cat([th[:, None, :, :2].expand(-1, len(shifts), 2, 2),
-                              th[:, None, :, 2:] + th[:, None, :, :2] @ (shifts * (2.0 / s))[None, :, :, None]], -1)
+    dst_sig, rows = sig[dst], torch.arange(e)
+
+    def best_of(cand: torch.Tensor):  # (E, L, 2, 3) -> the best alignment, its windows (E, 2, T*T), correlations
         aw = _sample_central(dst_sig, cand, s)  # (E, 2, L, T*T)
         at = (_unit_windows(aw) * tm[:, :, None]).sum(-1)  # (E, 2, L)
         pick = at.mean(1).argmax(1)
-        th = cand[torch.arange(e), pick]
-    aw = _sample_central(dst_sig, th[:, None], s)[:, :, 0]  # (E, 2, T*T) at the final alignment
-    at = (_unit_windows(aw) * tm).sum(-1)  # (E, 2)
+        return cand[rows, pick], aw[rows, :, pick], at[rows, :, pick]
+
+    th = best_of(torch.cat([th[:, None, :, :2] @ lin, th[:, None, :, 2:].expand(-1, len(lin), 2, 1)], -1))[0]
+    _, aw, at = best_of(torch.cat([th[:, None, :, :2].expand(-1, len(shifts), 2, 2),
+                                   th[:, None, :, 2:] + th[:, None, :, :2] @ (shifts * (2.0 / s))[None, :, :, None]],
+                                  -1))  # each step perturbs the previous one's choice; aw, at: at the final alignment
     # local agreement at the chosen alignment: NCC of each PATCH x PATCH patch of both maps
     tr = sig[src][..., o:o + t, o:o + t]  # (E, 2, T, T)
     np_ = t // PATCH
