@@ -61,7 +61,7 @@ def main() -> None:
     frac = out["leaky_fraction"]
     print(f"leaky fraction: test {frac.get('test', 0):.2%} of test images have a duplicate in train "
           f"(ciFAIR: 3.3%), train {frac.get('train', 0):.2%}; {out['num_leaky_groups']} cross-split groups")
-    pairs = fo_plugin.load_run_results(ds, "leaky")["pairs"]
+    pairs = fo_plugin.load_duplicate_pairs(ds, "leaky")
     split = dict(zip(*ds.values(["id", "split"])))
     path = dict(zip(*ds.values(["id", "filepath"])))
     cross = [p for p in pairs if split[p["a"]] != split[p["b"]]]

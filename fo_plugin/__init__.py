@@ -8,8 +8,9 @@ Influence:
     :func:`compute_ssl_influence` -- label-free self-influence, augmentation loss, duplicate pairs.
     :func:`find_influential_training_samples` -- "what shaped this image": proponents and opponents.
 Curation:
-    :func:`find_near_duplicates`, :func:`find_outliers`, :func:`find_quality_issues`, :func:`audit_subgroups`,
-    :func:`export_curated`, :func:`export_plan` (its dry run: what would be kept and why).
+    :func:`find_near_duplicates` (:func:`load_duplicate_pairs`: its pairs and their evidence), :func:`find_outliers`,
+    :func:`find_quality_issues`, :func:`audit_subgroups`, :func:`export_curated`, :func:`export_plan` (its dry
+    run: what would be kept and why).
 Runs:
     :func:`list_runs`, :func:`get_run_config`, :func:`load_run_results`, :func:`delete_run`.
 Data:
@@ -56,6 +57,13 @@ def find_near_duplicates(samples, run_key="dups", **kwargs):
     from .duplicates import find_near_duplicates as f
 
     return f(samples, run_key, **kwargs)
+
+
+def load_duplicate_pairs(dataset, run_key="dups", ids=None):
+    """See :func:`fo_plugin.duplicates.load_duplicate_pairs`."""
+    from .duplicates import load_duplicate_pairs as f
+
+    return f(dataset, run_key, ids)
 
 
 def find_outliers(samples, run_key="outliers", **kwargs):

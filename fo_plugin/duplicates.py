@@ -30,6 +30,7 @@ from .progress import ProgressArg, reporter
 METHOD = runs.METHOD_PREFIX + "near_duplicates"
 POLICIES = ("clcore", "influence", "largest_file", "first")
 SPLIT_TAGS = ("train", "test", "val", "validation")
+PAIRS_FILE = "pairs.npz"  # the run's confirmed pairs and their evidence, columnar (see load_duplicate_pairs)
 
 
 def duplicate_fields(run_key: str) -> dict[str, str]:
@@ -147,8 +148,8 @@ def find_near_duplicates(
             another split (``leaky_fraction``).
 
     Returns:
-        a summary dict; the pairs and their evidence (``cosine``, ``score``, ``aligned``, ``layout``, ``detail``,
-        ``patch``, ``influence``) are in the run results.
+        a summary dict (also the run's stored results); the confirmed pairs and their evidence are in the run's
+        pair table: :func:`load_duplicate_pairs`.
     """
     dataset = samples._dataset
     runs.validate_name(run_key, "run key")
@@ -258,20 +259,58 @@ def find_near_duplicates(
                           f"duplicate groups of run {run_key!r} whose members lie in different splits ({source})")
             leak.update(leaky_fraction=leaky_fractions(leaky, labels), num_leaky_samples=int(leaky.sum()),
                         num_leaky_groups=int(len(np.unique(group[leaky]))))
-        pair_list = [{"a": vids[int(r[0])], "b": vids[int(r[1])], "kind": "near",
-                      **{name: float(v[n]) for name, v in evidence.items()}, "score": float(score[n])}
-                     for n, r in enumerate(pairs)]
-        pair_list += [{"a": ids[a], "b": ids[b], "kind": "exact", "cosine": 1.0, "score": 1.0} for a, b in chain]
+        num_pairs = _save_pairs(run, ids, near, np.array(chain, np.int64).reshape(-1, 2), {**evidence, "score": score})
         summary = run.commit(num_samples=len(ids), num_scored=len(scored), num_skipped=len(ids) - len(scored),
                              num_exact_groups=int(len(np.unique(exact[exact >= 0]))),
                              num_exact_samples=int((exact >= 0).sum()),
-                             num_pairs=len(pair_list), num_groups=int(len(np.unique(group[group >= 0]))),
+                             num_pairs=num_pairs, num_groups=int(len(np.unique(group[group >= 0]))),
                              num_in_groups=int((group >= 0).sum()), num_to_drop=int((~keep_mask).sum()),
                              saved_views=[dup_view, rep_view] + ([leak_view] if source else []),
                              tags=[dup_tag, rep_tag], **leak,
-                             seconds=time.perf_counter() - t0, pairs=pair_list)
+                             seconds=time.perf_counter() - t0)
     progress(1.0, "done")
-    return {k_: v for k_, v in summary.items() if k_ != "pairs"}
+    return summary
+
+
+def _save_pairs(run: runs.Run, ids: list[str], near: np.ndarray, exact: np.ndarray, evidence: dict) -> int:
+    """Write the run's pair table (:data:`PAIRS_FILE` in its artifact folder): columns, not one record per pair, so
+    millions of pairs cost tens of bytes each and never sit in the run record. ``near`` / ``exact``: (P, 2) rows
+    into ``ids``; ``evidence``: one value per near pair (exact pairs get cosine and score 1, other evidence NaN).
+    Returns the number of pairs."""
+    n_exact = len(exact)
+    cols = {name: np.concatenate([np.asarray(v, np.float64),
+                                  np.full(n_exact, 1.0 if name in ("cosine", "score") else np.nan)])
+            for name, v in evidence.items()}
+    both = np.concatenate([near.astype(np.int64).reshape(-1, 2), exact])
+    runs.save_arrays(os.path.join(run.artifacts, PAIRS_FILE), {
+        "ids": np.asarray(ids, dtype=np.bytes_), "a": both[:, 0], "b": both[:, 1],
+        "exact": np.arange(len(both)) >= len(near), **cols})
+    return len(both)
+
+
+def load_duplicate_pairs(dataset: fo.Dataset, run_key: str = "dups", ids=None) -> list[dict]:
+    """The confirmed pairs of near-duplicates run ``run_key``: one dict per pair with ``a`` and ``b`` (sample ids),
+    ``kind`` ("near" or "exact") and the evidence the run recorded (``score``: how sure the match is, ``cosine``,
+    ``aligned``, ``layout``, ``detail``, ``patch``, ``influence``); only the pairs between two of ``ids`` when
+    given (a group's members, say). Read from the run's pair table, so a group's pairs load without the others."""
+    cfg = runs.require(dataset, run_key, "near_duplicates", "find_near_duplicates")
+    path = os.path.join(cfg.get("artifacts") or "", PAIRS_FILE)
+    if not os.path.isfile(path):
+        raise ValueError(f"near-duplicates run {run_key!r} has no pair table ({path} is missing: made by an older "
+                         "version, or its cache folder was removed); run find_near_duplicates again")
+    with np.load(path, allow_pickle=False) as f:
+        cols = {k: f[k] for k in f.files}
+    table_ids, a, b, exact = cols.pop("ids").astype(str), cols.pop("a"), cols.pop("b"), cols.pop("exact")
+    rows = np.arange(len(a))
+    if ids is not None:
+        member = np.isin(table_ids, np.asarray(list(ids), dtype=str))
+        rows = np.flatnonzero(member[a] & member[b])
+    out = []
+    for r in rows:
+        pair = {"a": str(table_ids[a[r]]), "b": str(table_ids[b[r]]), "kind": "exact" if exact[r] else "near"}
+        pair.update({name: float(v[r]) for name, v in cols.items() if not np.isnan(v[r])})
+        out.append(pair)
+    return out
 
 
 def _chain(group: np.ndarray) -> list[tuple[int, int]]:

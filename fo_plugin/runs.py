@@ -441,13 +441,7 @@ class Run:
             self.chunks_resumed += 1
             return out
         out = {k: np.asarray(v) for k, v in compute().items()}
-        os.makedirs(folder, exist_ok=True)
-        tmp = f"{path}.tmp-{os.getpid()}"
-        with open(tmp, "wb") as fh:
-            np.savez(fh, **out)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
+        save_arrays(path, out)
         self.chunks_computed += 1
         return out
 
@@ -556,6 +550,18 @@ class Run:
             for name in os.listdir(root):
                 if name != self.fp:
                     shutil.rmtree(os.path.join(root, name), ignore_errors=True)
+
+
+def save_arrays(path: str, arrays: dict[str, np.ndarray]) -> None:
+    """Write ``arrays`` to the ``.npz`` file ``path`` atomically (temporary name, fsync, rename): a kill leaves the
+    whole file or none."""
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "wb") as fh:
+        np.savez(fh, **arrays)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
 
 
 def _scratch_name(dataset: fo.Dataset, key: str) -> str:

@@ -80,8 +80,8 @@ def score_histograms(samples, bins: int = 20) -> list[dict]:
 
 def duplicate_group(dataset, run_key: str, sample_id: str) -> dict | None:
     """The near-duplicate group of ``sample_id`` in run ``run_key``: ``{"group", "ids"}`` (the kept member first,
-    then the others by id), ``"keep"`` (the kept id) and ``"pairs"``: every pair of the run's results between two
-    members, as stored (the evidence keys are read as they come: cosine, checks, whatever a run records).
+    then the others by id), ``"keep"`` (the kept id) and ``"pairs"``: every confirmed pair of the run between two
+    members, with its evidence (the keys are read as they come: cosine, checks, whatever a run records).
     None when the sample is in no group."""
     runs.require(dataset, run_key, "near_duplicates", "find_near_duplicates")
     g_, k_ = f"{run_key}_group", f"{run_key}_keep"
@@ -94,8 +94,9 @@ def duplicate_group(dataset, run_key: str, sample_id: str) -> dict | None:
     kept = [i for i, k in zip(ids, keep) if k]
     order = kept + sorted(i for i in ids if i not in set(kept))
     members = set(ids)
-    pairs = [dict(p) for p in runs.load_results(dataset, run_key).get("pairs", [])
-             if p.get("a") in members and p.get("b") in members]
+    from .duplicates import load_duplicate_pairs
+
+    pairs = load_duplicate_pairs(dataset, run_key, ids=members)
     return {"run": run_key, "group": group, "ids": order, "keep": kept[0] if kept else None, "pairs": pairs}
 
 

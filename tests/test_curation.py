@@ -17,7 +17,7 @@ from fo_plugin.core.outliers import auroc
 
 
 def _pairs_found(ds, key):
-    return {tuple(sorted((p["a"], p["b"]))) for p in fo_plugin.load_run_results(ds, key)["pairs"]}
+    return {tuple(sorted((p["a"], p["b"]))) for p in fo_plugin.load_duplicate_pairs(ds, key)}
 
 
 def test_near_duplicates_recall_precision_and_one_representative_per_group(curation_dataset):
@@ -43,6 +43,15 @@ def test_near_duplicates_recall_precision_and_one_representative_per_group(curat
     assert set(exact.values("dups_kind")) == set(sources.values("dups_kind")) == {"exact"}  # found by hashing
     assert res.result["num_exact_groups"] == 4 and res.result["num_exact_samples"] == 8
     assert ds.match(F("dups_kind") == "exact").count() == 8
+    pairs = fo_plugin.load_duplicate_pairs(ds, "dups")  # the pair table, not the run record, holds the pairs
+    assert len(pairs) == res.result["num_pairs"] and "pairs" not in fo_plugin.load_run_results(ds, "dups")
+    exact_ids = set(exact.values("id"))
+    assert {p["a"] for p in pairs if p["kind"] == "exact"} | {p["b"] for p in pairs if p["kind"] == "exact"} \
+        == exact_ids | set(exact.values("dup_source"))
+    assert all(p["score"] == 1.0 and "detail" not in p for p in pairs if p["kind"] == "exact")
+    some = {pairs[0]["a"], pairs[0]["b"]}
+    sub = fo_plugin.load_duplicate_pairs(ds, "dups", ids=some)
+    assert sub and all({p["a"], p["b"]} <= some for p in sub)
     groups = ds.exists("dups_group")
     for g in set(groups.values("dups_group")):
         members = groups.match(F("dups_group") == g)
@@ -200,7 +209,7 @@ def test_near_duplicates_default_finds_reframed_recoloured_copies(cifar_files, t
         assert res.error is None, res.error
         planted = ds.exists("dup_source")
         truth = {tuple(sorted(p)) for p in zip(*planted.values(["id", "dup_source"]))}
-        pairs = fo_plugin.load_run_results(ds, "dups")["pairs"]
+        pairs = fo_plugin.load_duplicate_pairs(ds, "dups")
         found = {tuple(sorted((p["a"], p["b"]))) for p in pairs}
         recall, precision = len(found & truth) / len(truth), len(found & truth) / max(1, len(found))
         print(f"default near-duplicates: recall {recall:.2f}, precision {precision:.2f}, {len(found)} pairs")
