@@ -188,8 +188,8 @@ def find_near_duplicates(
         valid = np.flatnonzero(ok)
         vids, vpaths = [ids[i] for i in valid], [paths[i] for i in valid]
         if verify_threshold is None:
-            cand = embedding_candidates(take_rows(z[0], valid), k, threshold, mutual) if len(valid) > 1 \
-                else np.zeros((0, 3))
+            cand = embedding_candidates(take_rows(z[0], valid), k, threshold, mutual, in_place=True) \
+                if len(valid) > 1 else np.zeros((0, 3))
             progress(0.3, f"{len(cand)} candidate pairs")
             evidence = {"cosine": cand[:, 2]}
         else:
@@ -203,7 +203,7 @@ def find_near_duplicates(
                 if extra is not None:  # undecodable thumbnails (zeros) are no pixel candidates
                     decoded = np.isin(np.arange(len(valid)), thumbs.valid)
                     extra = extra[decoded[extra[:, 0].astype(np.int64)] & decoded[extra[:, 1].astype(np.int64)]]
-                cand = embedding_candidates(take_rows(z[0], valid), k, threshold, mutual, extra) \
+                cand = embedding_candidates(take_rows(z[0], valid), k, threshold, mutual, extra, in_place=True) \
                     if len(valid) > 1 else np.zeros((0, 3))
                 progress(0.3, f"{len(cand)} candidate pairs")
                 evidence = {"cosine": cand[:, 2]}

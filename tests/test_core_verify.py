@@ -136,3 +136,16 @@ def test_embedding_candidates_unite_extra_pairs_with_their_cosine():
     row = keys.index((3, 7))
     assert abs(both[row, 2] - float(z[3] @ z[7])) < 1e-5
     np.testing.assert_allclose(both[[keys.index(tuple(p)) for p in base[:, :2].astype(int)], 2], base[:, 2], atol=1e-5)
+    own = emb.clone()
+    np.testing.assert_array_equal(embedding_candidates(own, 3, -1.0, extra=extra, in_place=True), both)
+    assert torch.allclose(own, z, atol=1e-6)  # centred and normalised in place: no (N, D) copy at a million rows
+
+
+def test_unit_rows_copies_only_what_is_not_unit():
+    from fo_plugin.core.knn import unit_rows
+
+    x = torch.nn.functional.normalize(torch.randn(100, 16), dim=1)
+    assert unit_rows(x) is x
+    y = x * 3
+    assert unit_rows(y) is not y and torch.allclose(unit_rows(y), x, atol=1e-6)
+    assert torch.equal(unit_rows(torch.zeros(2, 4)), torch.zeros(2, 4))  # zero rows stay zero

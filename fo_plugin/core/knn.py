@@ -52,11 +52,19 @@ def knn(x: torch.Tensor, k: int, method: str = "auto", max_block_bytes: int = MA
     if k == 0:
         return np.zeros((n, 0), dtype=np.int64), np.zeros((n, 0), dtype=np.float32)
     method = choose_method(n, x.device, method)
-    z = F.normalize(x.float(), dim=1)  # (N, D)
+    z = unit_rows(x)  # (N, D)
     if method == "exact":
         return exact_search(z, z, k, db_ids=None, max_block_bytes=max_block_bytes)
     index = build_index(z, method)
     return index_search(index, z, k, nprobe=nprobe, self_ids=np.arange(n))
+
+
+def unit_rows(x: torch.Tensor) -> torch.Tensor:
+    """``x`` as float32 unit rows: ``x`` itself when its rows are unit already (no (N, D) copy), else normalised."""
+    x = x.float()
+    if len(x) and bool(((torch.linalg.vector_norm(x, dim=1) - 1).abs() < 1e-5).all()):
+        return x
+    return F.normalize(x, dim=1)
 
 
 def choose_method(n: int, device: torch.device | str = "cpu", method: str = "auto",
@@ -202,7 +210,7 @@ def kth_neighbour_distances(x: torch.Tensor, ks: tuple[int, ...] | list[int], me
         return {k: np.zeros(n, np.float32) for k in ks}
     kmax = ks[-1]
     method = choose_method(n, x.device, method)
-    z = F.normalize(x.float(), dim=1)  # (N, D)
+    z = unit_rows(x)  # (N, D)
     index = None
     if method != "exact":
         index = build_index(z, method)
