@@ -15,6 +15,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .filters import blur_matrix, separable
 from .knn import build_index, choose_method, exact_search, index_search, knn
 
 
@@ -205,23 +206,10 @@ DUPLICATE_THRESHOLD = 0.7  # default on :func:`aligned_pair_scores`'s score: the
 # --seed 0 and 1 (0.75 on seed 0 alone; at 0.7 the weakest kind is 0.93-0.94)
 
 
-def _blur_matrix(n: int, sigma: float) -> torch.Tensor:
-    """(n, n) matrix of a 1-D Gaussian blur with reflected borders: ``B @ x @ B.T`` blurs an (n, n) image."""
-    r = min(n - 1, max(1, int(round(3 * sigma))))
-    k = torch.exp(-torch.arange(-r, r + 1, dtype=torch.float64) ** 2 / (2 * sigma ** 2))
-    eye = F.pad(torch.eye(n, dtype=torch.float64)[:, None], (r, r), mode="reflect")  # (n, 1, n + 2r)
-    return F.conv1d(eye, (k / k.sum()).view(1, 1, -1))[:, 0].T.float().contiguous()
-
-
 def _box_matrix(n: int, w: int) -> torch.Tensor:
     """(n - w + 1, n) matrix summing every length-``w`` window: ``A @ x @ A.T`` = all w x w window sums."""
     c, r = torch.arange(n)[None], torch.arange(n - w + 1)[:, None]
     return ((c >= r) & (c < r + w)).float()
-
-
-def _filter(x: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
-    """``m @ x @ m.T`` over the last two dims of x (..., n, n)."""
-    return m @ x @ m.T
 
 
 def gray_thumbnails(images: np.ndarray | torch.Tensor, size: int = VERIFY_SIZE) -> torch.Tensor:
@@ -250,10 +238,10 @@ class _Grid:
         self.t_small = TEMPLATE // 2
         self.grid_small = F.affine_grid(torch.cat([self.a, torch.zeros(len(self.a), 2, 1)], 2),
                                         [len(self.a), 1, self.small, self.small], align_corners=False)
-        self.blur_small = _blur_matrix(self.small, 0.7)
+        self.blur_small = blur_matrix(self.small, 0.7)
         self.box_small = _box_matrix(self.small, self.t_small)
-        self.lay = _blur_matrix(size, 1.0)
-        self.fine, self.coarse = _blur_matrix(size, 0.5), _blur_matrix(size, 2.0)
+        self.lay = blur_matrix(size, 1.0)
+        self.fine, self.coarse = blur_matrix(size, 0.5), blur_matrix(size, 2.0)
         r, s = self.small - self.t_small + 1, self.small
         # partial inverse real DFT: only the R x R valid correlation offsets of an (s, s//2+1) spectrum
         ky = 2 * np.pi * np.outer(np.arange(r), np.arange(s)) / s
@@ -267,8 +255,8 @@ class _Grid:
 
     def signals(self, g: torch.Tensor) -> torch.Tensor:
         """(..., S, S) luma -> (..., 2, S, S): layout (blurred) and detail (band-pass) maps."""
-        fine = _filter(g, self.fine)
-        return torch.stack([_filter(g, self.lay), fine - _filter(g, self.coarse)], -3)
+        fine = separable(g, self.fine)
+        return torch.stack([separable(g, self.lay), fine - separable(g, self.coarse)], -3)
 
 
 def _unit_windows(x: torch.Tensor) -> torch.Tensor:
@@ -451,7 +439,7 @@ def aligned_pair_scores(gray: torch.Tensor | np.ndarray, pairs: np.ndarray, chun
             sel = torch.as_tensor(order[c0:c0 + chunk])
             rows, local = np.unique(np.concatenate([src[sel.numpy()], dst[sel.numpy()]]), return_inverse=True)
             g = _luma_rows(gray, rows)  # (R, S, S): only this chunk's images
-            lay_small = _filter(F.avg_pool2d(g[:, None], 2)[:, 0], grid.blur_small)  # (R, 16, 16)
+            lay_small = separable(F.avg_pool2d(g[:, None], 2)[:, 0], grid.blur_small)  # (R, 16, 16)
             sig = grid.signals(g)  # (R, 2, S, S)
             local = torch.as_tensor(local.reshape(2, -1))
             s_, d_ = local[0], local[1]  # monotone re-indexing: d_ stays sorted

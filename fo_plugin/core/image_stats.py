@@ -13,6 +13,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .filters import blur_matrix, separable
+
 # name -> (range, meaning); the ranges are those the tests check.
 STATS: dict[str, tuple[tuple[float, float], str]] = {
     "brightness": ((0, 1), "mean luminance (Rec. 601)"),
@@ -143,10 +145,7 @@ def _batch_stats(u8: torch.Tensor) -> dict[str, np.ndarray]:
     out["colour_count"] = (frac >= 0.005).float().mean(1)
 
     # blobs: local extrema of the lightly smoothed luminance (a difference-of-box blob detector at the finest scale)
-    g = torch.exp(-torch.arange(-2, 3).float() ** 2 / (2 * 0.7 ** 2))
-    g = (g / g.sum()).view(1, 1, 1, 5)
-    ys = F.conv2d(F.pad(F.conv2d(F.pad(y1, (2, 2, 0, 0), mode="reflect"), g), (0, 0, 2, 2), mode="reflect"),
-                  g.transpose(2, 3))  # (B, 1, S, S)
+    ys = separable(y1, blur_matrix(s, 0.7))  # (B, 1, S, S)
     nb = F.unfold(F.pad(ys, (1, 1, 1, 1), mode="replicate"), 3)  # (B, 9, S*S) each pixel's 3x3 neighbourhood
     nb = torch.cat([nb[:, :4], nb[:, 5:]], 1)  # (B, 8, S*S) the 8 neighbours
     yc, avg = ys.reshape(b, 1, -1), F.avg_pool2d(F.pad(ys, (2, 2, 2, 2), mode="replicate"), 5, 1).reshape(b, 1, -1)
