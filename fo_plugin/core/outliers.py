@@ -228,6 +228,7 @@ def outlier_scores(emb: torch.Tensor | None, scales: tuple[int, ...] = SCALES,
     gz: dict[str, np.ndarray | None] = {}  # family -> group_z (None without tightness)
     if emb is not None:
         z = emb.float() - emb.float().mean(0, keepdim=True)
+        z = z.div_(z.norm(dim=1, keepdim=True).clamp_min(1e-12))  # unit rows in place: the kNN makes no copy
         f = family_scores(z, scales, tightness=tightness)
         gz["ssl"] = f.get("group_z")
         where["ssl"] = f.pop("scale")
