@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import time
+import uuid
 
 import fiftyone as fo
 import numpy as np
@@ -30,7 +31,7 @@ from .progress import ProgressArg, reporter
 METHOD = runs.METHOD_PREFIX + "near_duplicates"
 POLICIES = ("clcore", "influence", "largest_file", "first")
 SPLIT_TAGS = ("train", "test", "val", "validation")
-PAIRS_FILE = "pairs.npz"  # the run's confirmed pairs and their evidence, columnar (see load_duplicate_pairs)
+PAIRS_PREFIX = "pairs-"  # the run's confirmed pairs and their evidence, columnar (see load_duplicate_pairs)
 
 
 def duplicate_fields(run_key: str) -> dict[str, str]:
@@ -259,57 +260,83 @@ def find_near_duplicates(
                           f"duplicate groups of run {run_key!r} whose members lie in different splits ({source})")
             leak.update(leaky_fraction=leaky_fractions(leaky, labels), num_leaky_samples=int(leaky.sum()),
                         num_leaky_groups=int(len(np.unique(group[leaky]))))
-        num_pairs = _save_pairs(run, ids, near, np.array(chain, np.int64).reshape(-1, 2), {**evidence, "score": score})
-        summary = run.commit(num_samples=len(ids), num_scored=len(scored), num_skipped=len(ids) - len(scored),
-                             num_exact_groups=int(len(np.unique(exact[exact >= 0]))),
-                             num_exact_samples=int((exact >= 0).sum()),
-                             num_pairs=num_pairs, pair_table=os.path.join(run.artifacts, PAIRS_FILE),
-                             num_groups=int(len(np.unique(group[group >= 0]))),
-                             num_in_groups=int((group >= 0).sum()), num_to_drop=int((~keep_mask).sum()),
-                             saved_views=[dup_view, rep_view] + ([leak_view] if source else []),
-                             tags=[dup_tag, rep_tag], **leak,
-                             seconds=time.perf_counter() - t0)
+        table = _save_pairs(run, ids, near, np.array(chain, np.int64).reshape(-1, 2), {**evidence, "score": score})
+        try:
+            summary = run.commit(num_samples=len(ids), num_scored=len(scored), num_skipped=len(ids) - len(scored),
+                                 num_exact_groups=int(len(np.unique(exact[exact >= 0]))),
+                                 num_exact_samples=int((exact >= 0).sum()),
+                                 num_pairs=len(near) + len(chain), pair_table=os.path.basename(table),
+                                 num_groups=int(len(np.unique(group[group >= 0]))),
+                                 num_in_groups=int((group >= 0).sum()), num_to_drop=int((~keep_mask).sum()),
+                                 saved_views=[dup_view, rep_view] + ([leak_view] if source else []),
+                                 tags=[dup_tag, rep_tag], **leak,
+                                 seconds=time.perf_counter() - t0)
+        except BaseException:
+            if not run.committed:
+                os.remove(table)  # the previous run, if any, keeps its own table
+            raise
+        _keep_only(table)
     progress(1.0, "done")
     return summary
 
 
-def _save_pairs(run: runs.Run, ids: list[str], near: np.ndarray, exact: np.ndarray, evidence: dict) -> int:
-    """Write the run's pair table (:data:`PAIRS_FILE` in its artifact folder): columns, not one record per pair, so
+def _save_pairs(run: runs.Run, ids: list[str], near: np.ndarray, exact: np.ndarray, evidence: dict) -> str:
+    """Write this attempt's pair table into the run's artifact folder: columns, not one record per pair, so
     millions of pairs cost tens of bytes each and never sit in the run record. ``near`` / ``exact``: (P, 2) rows
     into ``ids``; ``evidence``: one value per near pair (exact pairs get cosine and score 1, other evidence NaN).
-    Returns the number of pairs."""
+    The file name is new for each attempt (a failed attempt never replaces the table a committed run points to);
+    returns its path."""
     n_exact = len(exact)
     cols = {name: np.concatenate([np.asarray(v, np.float64),
                                   np.full(n_exact, 1.0 if name in ("cosine", "score") else np.nan)])
             for name, v in evidence.items()}
     both = np.concatenate([near.astype(np.int64).reshape(-1, 2), exact])
-    runs.save_arrays(os.path.join(run.artifacts, PAIRS_FILE), {
-        "ids": np.asarray(ids, dtype=np.bytes_), "a": both[:, 0], "b": both[:, 1],
-        "exact": np.arange(len(both)) >= len(near), **cols})
-    return len(both)
+    path = os.path.join(run.artifacts, f"{PAIRS_PREFIX}{uuid.uuid4().hex[:12]}.npz")
+    runs.save_arrays(path, {"ids": np.asarray(ids, dtype=np.bytes_), "a": both[:, 0], "b": both[:, 1],
+                            "exact": np.arange(len(both)) >= len(near), **cols})
+    return path
+
+
+def _keep_only(path: str) -> None:
+    """Remove the other attempts' pair tables beside ``path`` (the committed one)."""
+    folder, name = os.path.split(path)
+    for other in os.listdir(folder):
+        if other.startswith(PAIRS_PREFIX) and other != name:
+            os.remove(os.path.join(folder, other))
 
 
 def load_duplicate_pairs(dataset: fo.Dataset, run_key: str = "dups", ids=None) -> list[dict]:
     """The confirmed pairs of near-duplicates run ``run_key``: one dict per pair with ``a`` and ``b`` (sample ids),
     ``kind`` ("near" or "exact") and the evidence the run recorded (``score``: how sure the match is, ``cosine``,
     ``aligned``, ``layout``, ``detail``, ``patch``, ``influence``); only the pairs between two of ``ids`` when
-    given (a group's members, say). Read from the run's pair table, so a group's pairs load without the others."""
+    given (a group's members, say: the table's id and pair columns are scanned, and dicts are made for the matching
+    pairs only). Pairs may name samples deleted since the run. The table is a file in this machine's run cache
+    (``FO_SSL_CACHE_DIR``), recorded on the run; runs made before it existed kept their pairs in the results."""
     cfg = runs.require(dataset, run_key, "near_duplicates", "find_near_duplicates")
-    path = os.path.join(cfg.get("artifacts") or "", PAIRS_FILE)
-    if not os.path.isfile(path):
-        raise ValueError(f"near-duplicates run {run_key!r} has no pair table ({path} is missing: made by an older "
-                         "version, or its cache folder was removed); run find_near_duplicates again")
+    results = runs.load_results(dataset, run_key)
+    if "pair_table" not in results:  # a run of an earlier version: its pairs are in the results
+        keep = None if ids is None else {ids} if isinstance(ids, str) else set(ids)
+        return [dict(p) for p in results.get("pairs", [])
+                if keep is None or (p.get("a") in keep and p.get("b") in keep)]
+    folder = cfg.get("artifacts")
+    path = os.path.join(runs.run_root(dataset, run_key), os.path.basename(folder or ""), results["pair_table"])
+    if not folder or not os.path.isfile(path):
+        raise ValueError(f"the pair table of near-duplicates run {run_key!r} is not in this machine's run cache "
+                         f"({path}: removed, another FO_SSL_CACHE_DIR, or a cloned dataset); run "
+                         "find_near_duplicates again")
     with np.load(path, allow_pickle=False) as f:
-        cols = {k: f[k] for k in f.files}
-    table_ids, a, b, exact = cols.pop("ids").astype(str), cols.pop("a"), cols.pop("b"), cols.pop("exact")
-    rows = np.arange(len(a))
-    if ids is not None:
-        member = np.isin(table_ids, np.asarray(list(ids), dtype=str))
-        rows = np.flatnonzero(member[a] & member[b])
+        table_ids, a, b, exact = f["ids"], f["a"], f["b"], f["exact"]
+        rows = np.arange(len(a))
+        if ids is not None:
+            wanted = [ids] if isinstance(ids, str) else list(ids)
+            member = np.isin(table_ids, np.asarray(wanted, dtype=np.bytes_))
+            rows = np.flatnonzero(member[a] & member[b])
+        cols = {k: f[k][rows] for k in f.files if k not in ("ids", "a", "b", "exact")}
     out = []
-    for r in rows:
-        pair = {"a": str(table_ids[a[r]]), "b": str(table_ids[b[r]]), "kind": "exact" if exact[r] else "near"}
-        pair.update({name: float(v[r]) for name, v in cols.items() if not np.isnan(v[r])})
+    for n, r in enumerate(rows):
+        pair = {"a": table_ids[a[r]].decode(), "b": table_ids[b[r]].decode(), "kind": "exact" if exact[r] else "near"}
+        # exact pairs have no pixel evidence (NaN in the table); a near pair keeps every value, NaN included
+        pair.update({name: float(v[n]) for name, v in cols.items() if not (exact[r] and np.isnan(v[n]))})
         out.append(pair)
     return out
 

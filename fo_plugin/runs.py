@@ -252,6 +252,11 @@ class Run:
 
     # -- lifecycle
     @property
+    def committed(self) -> bool:
+        """Whether the run stands (its record and results are saved), even if a step after that failed."""
+        return getattr(self, "_committed", False)
+
+    @property
     def primary(self) -> bool:
         """True on the process that writes (rank 0 of a ``torch.distributed`` job, or the only process): the other
         ranks compute their share, and their writes, tags, views and commit are no-ops (the commit returns rank 0's
@@ -579,13 +584,16 @@ def _untag(ds: fo.Dataset, cfg: dict) -> None:
 
 
 def _remove_leftovers(root: str) -> None:
-    """Temporary decoded-image folders a killed attempt left behind (``DECODED_PREFIX``)."""
+    """What a killed attempt left behind: temporary decoded-image folders (``DECODED_PREFIX``) and half-written
+    files (:func:`save_arrays`' ``.tmp-<pid>`` names)."""
     if os.path.isdir(root):
         for fp in os.listdir(root):
             folder = os.path.join(root, fp)
             for name in os.listdir(folder) if os.path.isdir(folder) else []:
                 if name.startswith(DECODED_PREFIX):
                     shutil.rmtree(os.path.join(folder, name), ignore_errors=True)
+                elif ".tmp-" in name:
+                    os.remove(os.path.join(folder, name))
 
 
 def _jsonable(d: dict) -> dict:

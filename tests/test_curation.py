@@ -64,6 +64,34 @@ def test_near_duplicates_recall_precision_and_one_representative_per_group(curat
     assert ds.load_saved_view("near duplicates").count() == groups.count()
 
 
+def test_pair_table_outlives_a_failed_rerun_and_goes_with_its_run(curation_dataset, monkeypatch):
+    from fo_plugin import runs
+
+    ds = curation_dataset
+    out = fo_plugin.find_near_duplicates(ds, "ptab", verify_threshold=None, overwrite=True)  # embedding only: fast
+    before = fo_plugin.load_duplicate_pairs(ds, "ptab")
+    assert len(before) == out["num_pairs"] > 0 and all(p["kind"] in ("near", "exact") for p in before)
+    folder = os.path.join(runs.run_root(ds, "ptab"), os.path.basename(runs.get_config(ds, "ptab")["artifacts"]))
+    assert [f for f in os.listdir(folder) if f.startswith("pairs-")] == [out["pair_table"]]
+
+    def conflict(self, ds_, old):
+        raise ValueError("a saved view of that name was made meanwhile")  # what _check_names finds at commit
+
+    monkeypatch.setattr(runs.Run, "_check_names", conflict)
+    with pytest.raises(ValueError, match="made meanwhile"):  # the same settings: the same artifact folder
+        fo_plugin.find_near_duplicates(ds, "ptab", verify_threshold=None)
+    monkeypatch.undo()
+    cfg = runs.get_config(ds, "ptab")
+    assert cfg["status"] == "complete" and cfg["attempt"]["fingerprint"] == cfg["fingerprint"]  # one folder
+    assert fo_plugin.load_duplicate_pairs(ds, "ptab") == before  # the committed run's table, untouched
+    assert [f for f in os.listdir(folder) if f.startswith("pairs-")] == [out["pair_table"]]
+    # a run made before the pair table existed kept its pairs in the results: still read
+    ds.save_run_results("ptab", ds.init_run_results("ptab", num_pairs=1, pairs=[before[0]]), overwrite=True)
+    assert fo_plugin.load_duplicate_pairs(ds, "ptab") == [before[0]]
+    fo_plugin.delete_run(ds, "ptab")
+    assert not os.path.exists(folder)
+
+
 def test_outlier_scores_find_scattered_and_grouped_out_of_domain_images(curation_dataset):
     ds = curation_dataset
     res = run_op("find_outliers", ds, {"view_target": "DATASET", "fraction": 0.05})

@@ -15,8 +15,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .filters import blur_matrix, separable
-from .knn import build_index, choose_method, exact_search, index_search, knn
+from .filters import blur_matrix, box_matrix, separable
+from .knn import build_index, choose_method, exact_search, index_search, knn, unit_rows
 
 
 def candidate_pairs(idx: np.ndarray, sim: np.ndarray, threshold: float, mutual: bool = False) -> np.ndarray:
@@ -81,10 +81,7 @@ def embedding_candidates(emb: torch.Tensor, k: int = 10, threshold: float = 0.8,
     (M', >=2) pairs of another source (e.g. :func:`pixel_candidates`; their cosine is computed here whatever it is);
     confirm them with :func:`aligned_pair_scores`. ``in_place``: centre and normalise a float32 ``emb`` in place
     (for a caller that no longer needs it: at 1M x 128 that is 0.5 GB less at the peak)."""
-    emb = emb.float()
-    mean = emb.mean(0, keepdim=True)
-    emb = emb.sub_(mean) if in_place else emb - mean  # centred: post-ReLU features all point one way
-    emb = emb.div_(emb.norm(dim=1, keepdim=True).clamp_min(1e-12))  # unit rows (our own copy, or allowed in place)
+    emb = unit_rows(emb, centre=True, in_place=in_place)  # centred: post-ReLU features all point one way
     idx, sim = knn(emb, k)
     cand = candidate_pairs(idx, sim, threshold, mutual)
     if extra is None or len(extra) == 0:
@@ -206,12 +203,6 @@ DUPLICATE_THRESHOLD = 0.7  # default on :func:`aligned_pair_scores`'s score: the
 # --seed 0 and 1 (0.75 on seed 0 alone; at 0.7 the weakest kind is 0.93-0.94)
 
 
-def _box_matrix(n: int, w: int) -> torch.Tensor:
-    """(n - w + 1, n) matrix summing every length-``w`` window: ``A @ x @ A.T`` = all w x w window sums."""
-    c, r = torch.arange(n)[None], torch.arange(n - w + 1)[:, None]
-    return ((c >= r) & (c < r + w)).float()
-
-
 def gray_thumbnails(images: np.ndarray | torch.Tensor, size: int = VERIFY_SIZE) -> torch.Tensor:
     """Luma thumbnails float32 (N, size, size) in [0, 1] from uint8 (N, H, W, 3) images (area-resized): the
     verifier's input. Colour is dropped on purpose so recoloured and grayscale copies still match."""
@@ -239,7 +230,7 @@ class _Grid:
         self.grid_small = F.affine_grid(torch.cat([self.a, torch.zeros(len(self.a), 2, 1)], 2),
                                         [len(self.a), 1, self.small, self.small], align_corners=False)
         self.blur_small = blur_matrix(self.small, 0.7)
-        self.box_small = _box_matrix(self.small, self.t_small)
+        self.box_small = box_matrix(self.small, self.t_small)
         self.lay = blur_matrix(size, 1.0)
         self.fine, self.coarse = blur_matrix(size, 0.5), blur_matrix(size, 2.0)
         r, s = self.small - self.t_small + 1, self.small

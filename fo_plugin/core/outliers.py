@@ -31,7 +31,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .knn import kth_neighbour_distances
+from .knn import kth_neighbour_distances, unit_rows
 
 SCALES = (10, 30, 100, 300)
 # Statistics of image_stats.STATS used for the outlier space (geometry is left to the quality flags: a dataset of
@@ -227,8 +227,7 @@ def outlier_scores(emb: torch.Tensor | None, scales: tuple[int, ...] = SCALES,
     where: dict[str, np.ndarray] = {}
     gz: dict[str, np.ndarray | None] = {}  # family -> group_z (None without tightness)
     if emb is not None:
-        z = emb.float() - emb.float().mean(0, keepdim=True)
-        z = z.div_(z.norm(dim=1, keepdim=True).clamp_min(1e-12))  # unit rows in place: the kNN makes no copy
+        z = unit_rows(emb, centre=True)  # centred unit rows, one copy: the kNN makes none
         f = family_scores(z, scales, tightness=tightness)
         gz["ssl"] = f.get("group_z")
         where["ssl"] = f.pop("scale")
