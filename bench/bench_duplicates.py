@@ -163,7 +163,8 @@ def main() -> None:
     lab = [labels.get((int(min(a, b)), int(max(a, b)))) for a, b in zip(ca, cb)]
     labelled = np.array([v is not None for v in lab]) & ~is_true
     same = np.array([bool(v) for v in lab])
-    print(f"labelled pairs among the candidates: {labelled.sum()} of {len(labels)} ({(labelled & same).sum()} same)")
+    print(f"candidate pairs with a by-eye label: {labelled.sum()} ({(labelled & same).sum()} same photo), from "
+          f"{len(labels)} labels (a label also covers the pairs of its images' planted copies)")
 
     def row(name: str, ok: np.ndarray) -> str:
         tp, fp = (ok & is_true).sum(), (ok & ~is_true).sum()
