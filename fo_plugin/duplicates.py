@@ -315,6 +315,9 @@ def load_duplicate_pairs(dataset: fo.Dataset, run_key: str = "dups", ids=None) -
     cfg = runs.require(dataset, run_key, "near_duplicates", "find_near_duplicates")
     results = runs.load_results(dataset, run_key)
     if "pair_table" not in results:  # a run of an earlier version: its pairs are in the results
+        if "pairs" not in results and results.get("num_pairs"):
+            raise ValueError(f"near-duplicates run {run_key!r} kept its pairs in a form this version does not read; "
+                             "run find_near_duplicates again")
         keep = None if ids is None else {ids} if isinstance(ids, str) else set(ids)
         return [dict(p) for p in results.get("pairs", [])
                 if keep is None or (p.get("a") in keep and p.get("b") in keep)]
