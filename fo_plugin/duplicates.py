@@ -314,11 +314,12 @@ def load_duplicate_pairs(dataset: fo.Dataset, run_key: str = "dups", ids=None) -
     (``FO_SSL_CACHE_DIR``), recorded on the run; runs made before it existed kept their pairs in the results."""
     cfg = runs.require(dataset, run_key, "near_duplicates", "find_near_duplicates")
     results = runs.load_results(dataset, run_key)
+    wanted = None if ids is None else [ids] if isinstance(ids, str) else list(ids)
     if "pair_table" not in results:  # a run of an earlier version: its pairs are in the results
         if "pairs" not in results and results.get("num_pairs"):
             raise ValueError(f"near-duplicates run {run_key!r} kept its pairs in a form this version does not read; "
                              "run find_near_duplicates again")
-        keep = None if ids is None else {ids} if isinstance(ids, str) else set(ids)
+        keep = None if wanted is None else set(wanted)
         return [dict(p) for p in results.get("pairs", [])
                 if keep is None or (p.get("a") in keep and p.get("b") in keep)]
     folder = cfg.get("artifacts")
@@ -330,8 +331,7 @@ def load_duplicate_pairs(dataset: fo.Dataset, run_key: str = "dups", ids=None) -
     with np.load(path, allow_pickle=False) as f:
         table_ids, a, b, exact = f["ids"], f["a"], f["b"], f["exact"]
         rows = np.arange(len(a))
-        if ids is not None:
-            wanted = [ids] if isinstance(ids, str) else list(ids)
+        if wanted is not None:
             member = np.isin(table_ids, np.asarray(wanted, dtype=np.bytes_))
             rows = np.flatnonzero(member[a] & member[b])
         cols = {k: f[k][rows] for k in f.files if k not in ("ids", "a", "b", "exact")}

@@ -226,6 +226,7 @@ class Run:
         self._views: list[tuple[str, Callable, str]] = []
         self._brain: list[tuple[str, Callable]] = []
         self._lock = None
+        self._committed = False
         old = get_config(self.dataset, key)
         if old is not None and old.get("method") != self.method:
             raise ValueError(f"run key {key!r} is already used by a {old.get('method')!r} run; choose another key")
@@ -254,7 +255,7 @@ class Run:
     @property
     def committed(self) -> bool:
         """Whether the run stands (its record and results are saved), even if a step after that failed."""
-        return getattr(self, "_committed", False)
+        return self._committed
 
     @property
     def primary(self) -> bool:
@@ -329,7 +330,7 @@ class Run:
         if not self.primary:
             return False
         try:
-            if exc is not None and not getattr(self, "_committed", False):
+            if exc is not None and not self.committed:
                 self._rollback(exc)
         finally:
             self._release()

@@ -89,8 +89,7 @@ def embedding_candidates(emb: torch.Tensor, k: int = 10, threshold: float = 0.8,
     ij = np.sort(np.asarray(extra)[:, :2].astype(np.int64), 1)
     ij = ij[ij[:, 0] != ij[:, 1]]
     ij = np.unique(np.concatenate([cand[:, :2].astype(np.int64), ij]), axis=0)  # sorted by (i, j), as candidate_pairs
-    z = emb
-    cos = np.concatenate([(z[torch.as_tensor(ij[s:s + 65536, 0])] * z[torch.as_tensor(ij[s:s + 65536, 1])]).sum(1)
+    cos = np.concatenate([(emb[torch.as_tensor(ij[s:s + 65536, 0])] * emb[torch.as_tensor(ij[s:s + 65536, 1])]).sum(1)
                           .double().numpy() for s in range(0, len(ij), 65536)]) if len(ij) else np.zeros(0)
     return np.column_stack([ij.astype(np.float64), cos]).reshape(-1, 3)
 
