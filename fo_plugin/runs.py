@@ -1,13 +1,15 @@
 """The one run lifecycle every operator uses, and the run records it keeps on the dataset.
 
-A run of one of our methods goes: validate (nothing touched) -> lock the run key -> compute -> write every field into
-a *staging* field -> commit (swap the staged fields in, re-tag, save the views, record the run as ``complete``).
-A failure at any point before the commit drops the staged fields and leaves the previous run's fields, tags, views and
-record as they were (the record notes the failed attempt); a run with no previous result is recorded ``failed`` with
-the error. Fields are written only for the target view: after the swap, samples outside it hold no value, so no reader
-ever mixes two runs. Every field, tag, saved view, FiftyOne Brain run and artifact a run makes is recorded, so
-:func:`delete_run` removes exactly those, and a field the user made is never written over or deleted unless
-``overwrite=True`` was passed.
+A run of one of our methods goes: validate (nothing touched) -> lock the run key -> compute -> stage every value in
+the run's *staging collection* (a scratch database collection, one per dataset and run key; no sample document is
+touched) -> commit (one server-side pass moves the staged values into the sample documents, replacing the previous
+run's values; then re-tag, save the views, record the run as ``complete``).
+A failure at any point before the commit drops the staging collection and leaves the previous run's fields, tags,
+views and record as they were (the record notes the failed attempt); a run with no previous result is recorded
+``failed`` with the error. Fields are written only for the target view: after the commit, samples outside it hold no
+value, so no reader ever mixes two runs. Every field, tag, saved view, FiftyOne Brain run and artifact a run makes is
+recorded, so :func:`delete_run` removes exactly those, and a field the user made is never written over or deleted
+unless ``overwrite=True`` was passed.
 
 Artifacts (checkpoints, factors, sketches) live in a folder keyed by a fingerprint of what they depend on (model,
 data ids, settings), so a changed input never reuses a stale artifact. A file lock per run key keeps two runs of one
@@ -40,7 +42,7 @@ NAMES = {"ssl_embeddings": "SSL embeddings", "ssl_influence": "influence", "infl
          "subgroup_audit": "subgroup audit", "quality": "image quality"}
 DECODED_PREFIX = "decoded-"  # temporary memmap folders (features.DecodedImages); a killed run's are removed
 CHUNKS = "chunks"  # per-chunk results (Run.chunk) in the artifact folder; removed at commit
-STAGING = "_ssl_staging"  # no "__": mongoengine reads it as a path separator
+STAGING = "_ssl_staging"  # staged sample fields of earlier versions (removed where found); also a reserved suffix
 _KEY_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
 
 
@@ -188,11 +190,11 @@ class Run:
         run = Run(samples, key, METHOD, {"score": fo.FloatField}, config, overwrite=overwrite)  # validates only
         with run:                         # locks the key, records the attempt; on error: rolls back, records it
             ...compute...
-            run.write("score", ids, values)           # staged
+            run.write("score", ids, values)           # staged (no sample document touched yet)
             run.tag("outlier", lambda ds: ds.match(F(run.field("flag")) == True))
             run.save_view("outliers", lambda ds: ...)
-            run.brain_run("emb_sim", lambda: fob.compute_similarity(...))  # made after the swap
-            return run.commit(num_flagged=...)        # swap in, tag, save views, record "complete"
+            run.brain_run("emb_sim", lambda: fob.compute_similarity(...))  # made after the commit
+            return run.commit(num_flagged=...)        # move in, tag, save views, record "complete"
 
     Args:
         samples: the target view (its samples get values; every other sample of the dataset is cleared).
@@ -217,6 +219,8 @@ class Run:
                        for short, spec in fields.items()}
         for name, _, _ in self.fields.values():
             validate_name(name, "field name")
+        self._field_objs = {short: _make_field(name, ftype, kwargs) for short, (name, ftype, kwargs)
+                            in self.fields.items()}  # validate and serialise staged values as the fields will
         self.config = dict(config)
         self.overwrite = overwrite
         self.resumable = resumable
@@ -241,8 +245,10 @@ class Run:
         """The final name of field ``short``."""
         return self.fields[short][0]
 
-    def staged(self, short: str) -> str:
-        return self.fields[short][0] + STAGING
+    @property
+    def _staging(self):
+        """This run key's staging collection (see :meth:`write_columns`)."""
+        return self.dataset._sample_collection.database[_scratch_name(self.dataset, self.key)]
 
     @property
     def artifacts(self) -> str:
@@ -300,17 +306,14 @@ class Run:
             old = get_config(ds, self.key)
             resumable = self.resumable and old is not None and (old.get("attempt") or {}).get("fingerprint") == self.fp \
                 and (old.get("attempt") or {}).get("status") in ("running", "failed")
-            schema = ds.get_field_schema()
-            for name, ftype, kwargs in self.fields.values():
-                st = name + STAGING
-                if st in schema and not resumable:
-                    ds.delete_sample_field(st)
-                    schema = ds.get_field_schema()
-                if st not in schema:
-                    ds.add_sample_field(st, ftype, **kwargs)
+            legacy = [n for n in ds.get_field_schema() if n in {f + STAGING for f, _, _ in self.fields.values()}]
+            if legacy:  # staged sample fields of a killed attempt of an earlier version
+                ds.delete_sample_fields(legacy)
+            if not resumable:
+                self._staging.drop()  # a killed attempt's staged values, for other inputs
             self.resumed = resumable
             if old is None or old.get("status") != "complete":
-                staging = sorted({*(old or {}).get("staging", []), *(self.staged(k) for k in self.fields)})
+                staging = sorted(set((old or {}).get("staging", [])) - set(legacy))
                 owned = {k: old[k] for k in ("fields", "tags", "saved_views", "tag_views", "brain_keys")
                          if old and k in old}
                 cfg = ds.init_run(method=self.method, status="running", attempt=attempt, staging=staging,
@@ -345,17 +348,14 @@ class Run:
             self._lock = None
 
     def _rollback(self, exc: BaseException) -> None:
-        """Drop the staged fields (unless the failure was an interruption worth resuming); keep the previous
+        """Drop the staged values (unless the failure was an interruption worth resuming); keep the previous
         results; record the failure."""
         error = f"{type(exc).__name__}: {exc}"
         keep_staged = isinstance(exc, KeyboardInterrupt)
         try:
             with dataset_lock(self.dataset) as ds:
                 if not keep_staged:
-                    schema = ds.get_field_schema()
-                    for short in self.fields:
-                        if self.staged(short) in schema:
-                            ds.delete_sample_field(self.staged(short))
+                    self._staging.drop()
                 attempt = {"status": "failed", "fingerprint": self.fp, "error": error,
                            "failed": time.strftime("%Y-%m-%d %H:%M:%S")}
                 if ds.has_run(self.key) and get_config(ds, self.key).get("status") == "complete":
@@ -373,19 +373,16 @@ class Run:
     def write_columns(self, ids: list[str], columns: dict[str, Iterable], chunk: int = 100_000) -> None:
         """Stage several fields of samples ``ids`` at once (``{short: values}``, each in the order of ``ids``).
 
-        The values go into a scratch collection (a plain insert, ``chunk`` documents at a time: bounded memory) and
-        one server-side ``$merge`` folds them into the sample documents: each sample document is rewritten once for
-        all fields, and the database does it without a round trip per sample (measured 2.3x faster than one update
-        per sample at N = 50k; a rewritten sample document is the cost that grows with N). Values are validated and
-        serialised by their fields as ``set_values`` does. A None is not written in a fresh attempt (a missing value
-        reads as None, and most group / error fields are mostly None) and clears the value in a resumed one; a
-        sample with nothing to write is not touched."""
+        The values go into the run's staging collection, one small document per sample (a plain insert, ``chunk``
+        documents at a time: bounded memory; a later call's values are merged into the same documents server-side).
+        No sample document is touched before :meth:`commit`, which moves every staged value in with one server-side
+        ``$merge``: each sample document is rewritten once for the whole run (before, staging fields in the sample
+        documents and their swap cost three passes over the samples). Values are validated and serialised by their
+        fields as ``set_values`` does. A None is not staged in a fresh attempt (a missing value reads as None, and
+        most group / error fields are mostly None) and clears the value in a resumed one."""
         if not self.primary:  # only rank 0 of a distributed job writes
             return
-        from datetime import datetime
-
         from bson import ObjectId
-        from fiftyone.core.sample import Sample
 
         columns = {short: list(v) if not isinstance(v, list) else v for short, v in columns.items()}
         for short, values in columns.items():
@@ -394,15 +391,15 @@ class Run:
         if len(set(ids)) != len(ids):
             raise ValueError("write_columns got a sample id twice")
         clear = getattr(self, "resumed", False)  # a resumed attempt's None must clear what it staged
-        fields = [(self.staged(short), self.dataset.get_field(self.staged(short)), values)
-                  for short, values in columns.items()]
-        coll = self.dataset._sample_collection
-        scratch = coll.database[_scratch_name(self.dataset, self.key)]
-        scratch.drop()  # a killed attempt's leftovers (the run lock makes the name ours)
+        fields = [(self.field(short), self._field_objs[short], values) for short, values in columns.items()]
+        staging = self._staging
+        direct = staging.estimated_document_count() == 0  # nothing to merge with: insert straight in
+        target = staging if direct else staging.database[staging.name + ".part"]
+        if not direct:
+            target.drop()  # a killed call's leftovers
         try:
             written = 0
             for s in range(0, len(ids), chunk):
-                now = datetime.utcnow()
                 docs = []
                 for n in range(s, min(s + chunk, len(ids))):
                     doc = {}
@@ -414,21 +411,20 @@ class Run:
                         elif clear:
                             doc[name] = None
                     if doc:
-                        docs.append({"_id": ObjectId(ids[n]), "last_modified_at": now, **doc})
+                        docs.append({"_id": ObjectId(ids[n]), **doc})
                 if docs:
-                    scratch.insert_many(docs, ordered=False)
+                    target.insert_many(docs, ordered=False)
                     written += len(docs)
-            if written:
-                scratch.aggregate([{"$merge": {"into": coll.name, "on": "_id", "whenMatched": "merge",
-                                               "whenNotMatched": "discard"}}])
+            if written and not direct:
+                target.aggregate([{"$merge": {"into": staging.name, "on": "_id", "whenMatched": "merge",
+                                              "whenNotMatched": "insert"}}])
         finally:
-            scratch.drop()
-        Sample._reload_docs(coll.name, sample_ids=ids)  # in-memory samples see the staged values (as set_values)
+            if not direct:
+                target.drop()
 
     def staged_values(self, short: str) -> dict:
         """``{id: value}`` already staged for field ``short`` (an interrupted attempt being resumed)."""
-        ids, vals = self.dataset.values(["id", self.staged(short)])
-        return {i: v for i, v in zip(ids, vals) if v is not None}
+        return staged_values(self.dataset, self.key, self.field(short), self._field_objs[short])
 
     def chunk(self, name: str, compute: Callable[[], dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
         """One chunk of this run's work, ``{name: array}``, kept as it completes so that a re-run after a kill
@@ -491,11 +487,14 @@ class Run:
             schema = ds.get_field_schema()
             drop = [name for name in set(old.get("fields", [])) - set(final)  # e.g. a _gain field not written now
                     if name in schema and field_owner(ds, name) == self.key]
-            drop += [name for name in final if name in schema]
+            drop += [name for short, (name, _, _) in self.fields.items()  # of another type (e.g. a user's field)
+                     if name in schema and not _same_type(schema[name], self._field_objs[short])]
             if drop:  # one pass over the samples for all fields (each field alone is a pass)
                 ds.delete_sample_fields(sorted(set(drop)))
-            if self.fields:
-                ds.rename_sample_fields({self.staged(short): name for short, (name, _, _) in self.fields.items()})
+            for name, ftype, kwargs in self.fields.values():
+                if not ds.has_sample_field(name):
+                    ds.add_sample_field(name, ftype, **kwargs)  # the schema only: no sample is touched
+            self._move_in(ds, final)
             for view in old.get("saved_views", []):
                 if ds.has_saved_view(view) and view not in [v[0] for v in self._views]:
                     ds.delete_saved_view(view)
@@ -532,6 +531,26 @@ class Run:
                 self._prune_artifacts()
                 shutil.rmtree(os.path.join(run_root(self.dataset, self.key), self.fp, CHUNKS), ignore_errors=True)
         return {"run_key": self.key, **results}
+
+    def _move_in(self, ds: fo.Dataset, final: list[str]) -> None:
+        """Replace every sample's values of the ``final`` fields by the staged ones: one server-side ``$unset`` over
+        the samples holding an old value (outside the view, or no value now: they are cleared), then one plain
+        ``$merge`` of the staging collection into the sample documents (measured 5x faster than a single ``$merge``
+        whose per-document pipeline unsets and merges); the staging collection is dropped after."""
+        from datetime import datetime
+
+        from fiftyone.core.sample import Sample
+
+        if not final:
+            return
+        coll, staging, now = ds._sample_collection, self._staging, datetime.utcnow()
+        coll.update_many({"$or": [{name: {"$exists": True}} for name in final]},
+                         {"$unset": {name: "" for name in final}, "$set": {"last_modified_at": now}})
+        staging.update_many({}, {"$set": {"last_modified_at": now}})  # the small staged documents, not the samples
+        staging.aggregate([{"$merge": {"into": coll.name, "on": "_id", "whenMatched": "merge",
+                                       "whenNotMatched": "discard"}}])
+        staging.drop()
+        Sample._reload_docs(coll.name)  # in-memory samples see the new values (as set_values)
 
     def _check_names(self, ds: fo.Dataset, old: dict) -> None:
         """A field or saved view of the same name that this run did not make (the user's, or another run's) is
@@ -571,8 +590,29 @@ def save_arrays(path: str, arrays: dict[str, np.ndarray]) -> None:
 
 
 def _scratch_name(dataset: fo.Dataset, key: str) -> str:
-    """The database collection :meth:`Run.write_columns` stages through (one per dataset and run key)."""
+    """The staging collection of run ``key`` (:meth:`Run.write_columns`; one per dataset and run key)."""
     return f"fo_ssl_scratch.{dataset._sample_collection_name}.{key}"
+
+
+def staged_values(dataset: fo.Dataset, key: str, field_name: str, field=None) -> dict:
+    """``{id: value}`` that the current attempt of run ``key`` has staged for ``field_name`` and not yet committed,
+    read as ``field`` (default: the dataset's field of that name) reads them."""
+    field = field if field is not None else dataset.get_field(field_name)
+    staging = dataset._sample_collection.database[_scratch_name(dataset, key)]
+    return {str(d["_id"]): field.to_python(d[field_name])
+            for d in staging.find({field_name: {"$ne": None}}, {field_name: 1})}
+
+
+def _make_field(name: str, ftype, kwargs: dict):
+    """A field instance as ``add_sample_field(name, ftype, **kwargs)`` would declare it."""
+    from fiftyone.core.odm.utils import create_field
+
+    return create_field(name, ftype, **kwargs)
+
+
+def _same_type(have, want) -> bool:
+    """Whether a declared field ``have`` holds what ``want`` holds (its type, and the element type of a list)."""
+    return type(have) is type(want) and type(getattr(have, "field", None)) is type(getattr(want, "field", None))
 
 
 def _untag(ds: fo.Dataset, cfg: dict) -> None:
@@ -645,5 +685,6 @@ def delete_run(dataset: fo.Dataset, key: str, delete_fields: bool = True) -> Non
                 if ds.has_brain_run(brain_key):
                     ds.delete_brain_run(brain_key)
             ds.delete_run(key)
-            ds._sample_collection.database.drop_collection(_scratch_name(ds, key))  # a killed write's leftovers
+            for name in (_scratch_name(ds, key), _scratch_name(ds, key) + ".part"):  # a killed attempt's leftovers
+                ds._sample_collection.database.drop_collection(name)
         shutil.rmtree(run_root(dataset, key), ignore_errors=True)

@@ -9,8 +9,8 @@ pause: where the worker stops and waits to be killed, so the kill always lands a
                      written: e.g. the first chunk of embeddings staged);
   ``epoch:E``     -- inside proxy training, at the second batch of epoch E (0-based): the state file holds the
                      epochs before E and one optimiser step of epoch E is only in memory;
-  ``commit``      -- inside the commit, after the previous fields were deleted and before the staged ones are
-                     renamed into place.
+  ``commit``      -- inside the commit, after the previous run's tags and stale fields were removed and before
+                     the staged values are moved into the sample documents.
 Every progress report is appended to the signal file as ``progress <fraction> <label>``; the pause writes
 ``paused <what>`` and then sleeps until the test kills the process. If the stage ends it writes ``finished``.
 """
@@ -45,15 +45,12 @@ def main() -> None:
             wait_for_kill(f"progress {fraction:.6f} {label}")
 
     if kind == "commit":
-        import fiftyone as fo
+        from fo_plugin import runs
 
-        real_rename = fo.Dataset.rename_sample_fields
+        def move_in(self, ds, final):  # the commit has untagged the previous run and dropped its stale fields
+            wait_for_kill(f"commit before moving in {sorted(final)}")
 
-        def rename(self, mapping, *args, **kw):  # the commit has deleted the previous fields and renames the staged
-            wait_for_kill(f"commit before renaming {sorted(mapping)}")  # ones in one pass: neither is in place
-            return real_rename(self, mapping, *args, **kw)
-
-        fo.Dataset.rename_sample_fields = rename
+        runs.Run._move_in = move_in
 
     if kind == "epoch":
         import fo_plugin.core.train as train

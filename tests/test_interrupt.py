@@ -169,8 +169,9 @@ def test_kill_during_embedding_keeps_the_previous_run_and_the_rerun_embeds_only_
     after = values(ds, "emb_b")
     assert [v is None for v in after] == [v is None for v in before]  # no new value leaked into the final field
     assert all(np.array_equal(a, b) for a, b in zip(after, before) if a is not None)
-    staged = [v for v in values(ds, "emb_b" + runs.STAGING) if v is not None]
+    staged = runs.staged_values(ds, "emb_b", "emb_b")
     assert len(staged) == 256  # the kill came after the first chunk was staged, before the rest
+    assert all(v.shape == before[0].shape for v in staged.values())
 
     out = fo_plugin.compute_ssl_embeddings(ds, "emb_b", checkpoint=ckpt, batch_size=64, device="cpu")
     assert out["num_resumed_over"] == 256 and out["num_embedded"] == N and out["num_failed"] == 0

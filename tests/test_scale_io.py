@@ -72,7 +72,7 @@ def test_write_columns_stages_all_fields_in_one_pass_and_leaves_none_unset(vec_d
             again.write_columns(ids, {"a": a[:5], "b": b})
 
 
-def test_write_columns_touches_only_samples_with_a_value_and_leaves_no_scratch_collection(vec_dataset):
+def test_a_run_touches_only_samples_with_a_value_and_leaves_no_scratch_collection(vec_dataset):
     ds, ids, _ = vec_dataset
     before = dict(zip(ds.values("id"), ds.values("last_modified_at")))
     run = runs.Run(ds, "cols2", "cols_test", {"a": ("c2_a", fo.FloatField, {}), "b": ("c2_b", fo.StringField, {})},
@@ -80,11 +80,14 @@ def test_write_columns_touches_only_samples_with_a_value_and_leaves_no_scratch_c
     a = [float(i) if i < 20 else None for i in range(60)]
     b = ["y" if i in (5, 40) else None for i in range(60)]
     with run:
-        run.write_columns(ids, {"a": a, "b": b}, chunk=7)
-        after = dict(zip(ds.values("id"), ds.values("last_modified_at")))
+        run.write_columns(ids, {"a": a}, chunk=7)
+        run.write("b", ids, b)  # a second call for other fields of some of the same samples
+        staged = dict(zip(ds.values("id"), ds.values("last_modified_at")))
         with pytest.raises(ValueError, match="twice"):
             run.write_columns(ids[:2] + ids[:1], {"a": [1.0, 2.0, 3.0]})
         run.commit()
+    after = dict(zip(ds.values("id"), ds.values("last_modified_at")))
+    assert staged == before  # nothing in the sample documents before the commit
     assert {n for n, i in enumerate(ids) if after[i] != before[i]} == set(range(20)) | {40}  # the others untouched
     assert ds.values("c2_a") == [float(i) if i < 20 else None for i in range(60)]  # dataset order == ids order
     assert ds.values("c2_b") == b
@@ -102,3 +105,23 @@ def test_a_resumed_attempts_none_clears_what_it_staged(vec_dataset):
         assert run.staged_values("a") == {i: 1.0 for i in ids[10:]}
         run.commit()
     assert ds.values("c3_a") == [None] * 10 + [1.0] * 50
+
+
+def test_an_earlier_versions_staged_field_is_removed_and_a_kept_staging_is_resumed(vec_dataset):
+    ds, ids, _ = vec_dataset
+    ds.add_sample_field("c4_a" + runs.STAGING, fo.FloatField)  # what a killed attempt of an earlier version left
+    ds.set_values("c4_a" + runs.STAGING, [9.0] * len(ds))
+    fields = {"a": ("c4_a", fo.FloatField, {})}
+    with pytest.raises(KeyboardInterrupt):
+        with runs.Run(ds, "cols4", "cols_test", fields, {}, resumable=True) as run:
+            assert "c4_a" + runs.STAGING not in ds.get_field_schema()
+            run.write("a", ids[:30], [2.0] * 30)
+            raise KeyboardInterrupt  # a kill: the staged values are kept for a resume with the same inputs
+    assert "c4_a" not in ds.get_field_schema()  # nothing reached the samples
+    assert runs.staged_values(ds, "cols4", "c4_a", fo.FloatField()) == {i: 2.0 for i in ids[:30]}
+    with runs.Run(ds, "cols4", "cols_test", fields, {}, resumable=True) as run:
+        assert run.resumed and run.staged_values("a") == {i: 2.0 for i in ids[:30]}
+        run.write("a", ids[30:], [3.0] * (len(ids) - 30))
+        run.commit()
+    assert ds.values("c4_a") == [2.0] * 30 + [3.0] * (len(ids) - 30)
+    assert runs.staged_values(ds, "cols4", "c4_a") == {}  # the staging collection went with the commit
