@@ -150,6 +150,53 @@ def test_covariances_sum_patches_and_output_gradients_over_every_row(images):
     assert sums["net.c3"][0][-1, -1] == 3 * 5 * 8 * 8  # every output position of every row
 
 
+class Wide(nn.Module):
+    """A strided conv with few output positions and many channels (an example's 3 x 4 patch rows are cheaper to
+    rotate than its gradient) before a grouped conv and a Linear called twice (also rotated inputs)."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(3)
+        self.c1 = nn.Conv2d(3, 96, 8, stride=8)
+        self.c2 = nn.Conv2d(96, 8, 1, groups=4, bias=False)
+        self.shared = nn.Linear(8, 8)
+
+    def forward(self, x):
+        return self.shared(torch.tanh(self.shared(torch.tanh(self.c2(torch.tanh(self.c1(x)))).mean((2, 3)))))
+
+    project = forward
+
+
+@pytest.mark.parametrize("model", [Odd, Wide])
+def test_gradients_in_a_kronecker_basis_equal_the_rotated_gradients(images, model):
+    """per_example_grads with bases (EK-FAC's rotated gradients: from rotated patches and output gradients where an
+    example has few rows, else formed and rotated) equals Q_G^T G Q_A of the plain gradients, every layer."""
+    from fo_plugin.core.influence import tracked_modules
+
+    f = SSLOutput(model()).eval()
+    cfg = InfluenceConfig(num_augs=2, augment=AugmentConfig(size=16))
+    x = images[:5, :, :16, :16].contiguous()
+    modules = dict(f.named_modules())
+    gen = torch.Generator().manual_seed(0)
+    bases, shapes = {}, []
+    for n in tracked_modules(f, cfg):
+        m = modules[n]
+        cout, din = m.weight.shape[0], m.weight[0].numel() + (m.bias is not None)
+        bases[n] = tuple(torch.linalg.qr(torch.randn(k, k, generator=gen))[0] for k in (cout, din))
+        shapes.append((cout, din, m.bias is not None))
+    raw = per_example_grads(f, x, cfg, chunk=2)
+    rot = per_example_grads(f, x, cfg, chunk=2, bases=bases)
+    s = 0
+    for (qg, qa), (cout, din, bias) in zip(bases.values(), shapes):
+        n = cout * din
+        w = raw[:, s:s + n - cout * bias].reshape(len(x), cout, -1)
+        mat = torch.cat([w, raw[:, s + n - cout:s + n, None]], 2) if bias else w  # (B, out, in')
+        ref = (qg.t() @ mat @ qa).reshape(len(x), -1)
+        assert ((rot[:, s:s + n] - ref).norm(dim=1) / ref.norm(dim=1)).max() < 1e-4
+        s += n
+    assert s == raw.shape[1]
+
+
 class SeqFirst(nn.Module):
     """Patch tokens handed to a Linear sequence-first, (T, N, in), as open_clip's older transformers do."""
 

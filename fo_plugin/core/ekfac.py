@@ -102,10 +102,11 @@ class EKFAC:
             eig[name] = qs
         modules = dict(self.f.named_modules())
         layers = [self._layer(modules[n], eig[n][1], eig[n][0], None) for n in self.tracked]
-        lam = [torch.zeros(lay[1], lay[4].shape[0], dtype=torch.float64, device=self.device) for lay in layers]  # (out, in')
+        lam = [torch.zeros(lay[1], lay[4].shape[0], dtype=torch.float64, device=self.device)  # (out, in')
+               for lay in layers]
         for x in self._batches(fit):
-            for acc, mat, lay in zip(lam, _matrices(per_example_grads(self.f, x, self.cfg), layers), layers):
-                acc += _rotate(mat, lay[3], lay[4]).square_().sum(0)
+            for acc, rot in zip(lam, self._rotated(x, layers)):
+                acc += rot.square().sum(0)
         factors = {"fingerprint": want, "num_examples": len(fit),
                    "layers": {n: {"qa": eig[n][0].cpu(), "qg": eig[n][1].cpu(), "lambda": la.cpu()}
                               for n, la in zip(self.tracked, lam)}}
@@ -182,12 +183,23 @@ class EKFAC:
             s += n
         return out
 
+    def _rotated(self, x: torch.Tensor, layers: list) -> list[torch.Tensor]:
+        """Per layer, the batch's per-example gradients in the layer's eigenbasis, R = Q_G^T g_l Q_A (b, out, in'),
+        from :func:`influence.per_example_grads` with the bases (rotated inputs where an example has few rows)."""
+        bases = {n: (lay[3], lay[4]) for n, lay in zip(self.tracked, layers)}
+        g = per_example_grads(self.f, x, self.cfg, bases=bases)  # (b, P)
+        out, s = [], 0
+        for n, cout, _bias, _qg, qa, _inv in layers:
+            out.append(g[:, s:s + n].view(len(g), cout, qa.shape[0]))
+            s += n
+        return out
+
     def self_influence(self, images: np.ndarray) -> np.ndarray:
-        """SI(x) = g^T (H + lambda I)^-1 g for each image, (N,) float64: the fitted factors applied to our
-        per-example gradients (:func:`influence.per_example_grads`, one batched backward per batch)."""
+        """SI(x) = g^T (H + lambda I)^-1 g for each image, (N,) float64: sum over layers of R^2 / (Lambda + lambda)
+        with R the per-example gradients in the eigenbasis (:meth:`_rotated`, one batched backward per batch)."""
         layers = self.preconditioner()
-        out = [self.scores_from_grads(per_example_grads(self.f, x, self.cfg), layers).cpu()
-               for x in self._batches(images)]
+        out = [sum((rot.square() * lay[5]).sum((1, 2)).double() for rot, lay in zip(self._rotated(x, layers), layers))
+               .cpu() for x in self._batches(images)]
         return torch.cat(out).numpy() if out else np.zeros(0)
 
     def pairwise(self, query: np.ndarray, train: np.ndarray) -> np.ndarray:

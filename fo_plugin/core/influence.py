@@ -160,8 +160,9 @@ def _views_loss(f: SSLOutput, cfg: InfluenceConfig) -> tuple[list[tuple[str, nn.
 
 
 def per_example_grads(f: SSLOutput, x: torch.Tensor, cfg: InfluenceConfig,
-                      chunk: int = 32) -> torch.Tensor:
-    """g(x) for a batch as (B, P) float32, P = number of tracked weights, in :func:`tracked_parameters` order.
+                      chunk: int = 32, bases: dict | None = None) -> torch.Tensor:
+    """g(x) for a batch as (B, P) float32, P = number of tracked weights, in :func:`tracked_parameters` order
+    (``bases``: layers whose columns come in a Kronecker eigenbasis, see :func:`per_example.per_example_grads`).
 
     The K + 1 views of ``chunk`` examples go through ``f`` as one batch of (K + 1) * chunk rows and one backward
     pass; each tracked layer's per-example gradient is then formed from its activations and output gradients
@@ -172,7 +173,7 @@ def per_example_grads(f: SSLOutput, x: torch.Tensor, cfg: InfluenceConfig,
     g = torch.empty(len(x), sum(params[n].numel() for n in tracked_parameters(f, cfg)), device=x.device)  # (B, P)
     for s in range(0, len(x), chunk):
         views = torch.stack(make_views(x[s:s + chunk], cfg), dim=1)  # (b, K+1, 3, S, S)
-        example_grads(loss, views.flatten(0, 1), tracked, group, g[s:s + chunk])
+        example_grads(loss, views.flatten(0, 1), tracked, group, g[s:s + chunk], bases)
     return g
 
 
