@@ -6,7 +6,7 @@ and one tight group of ``--group`` jittered crops of one MNIST digit (``ood_grou
 CIFAR files; planted near-duplicate pairs, ``--dups`` copies of each ``core.transforms`` kind, each of another train
 image that is added too. A SimCLR proxy is trained ``--epochs`` on all of it (as ``compute_ssl_embeddings`` does);
 its features are the SSL embedding, and influence (K = 4, projection output) is taken on it with each curvature:
-``identity`` (||g||^2), ``diagonal`` (diagonal empirical Fisher), ``ekfac`` (kronfluence, the paper's).
+``identity`` (||g||^2), ``diagonal`` (diagonal empirical Fisher), ``ekfac`` (EK-FAC, the paper's).
 
 Outliers: AUROC of each planted kind against the photos (the duplicate pairs count as photos) for the default outlier
 score (``outlier_scores`` with the embedding and image statistics), for self-influence alone (each curvature), and
@@ -20,7 +20,7 @@ aligned verifier alone (score >= ``DUPLICATE_THRESHOLD``) vs the verifier AND an
 0.5 / 0.7 / 0.9 (0.9: ``find_near_duplicates``' ``influence_threshold`` default), the cosine under each curvature's
 metric, exact (no sketch): identity cos(g_a, g_b) (what the influence run's gradient sketch approximates for identity
 AND for ekfac runs: the sketch is of the raw gradient there); diagonal cos(D^-1/2 g_a, D^-1/2 g_b) (the sketch of a
-diagonal run); EK-FAC the normalised train-to-sample influence -I(a, b) / sqrt(SI(a) SI(b)) (kronfluence pairwise
+diagonal run); EK-FAC the normalised train-to-sample influence -I(a, b) / sqrt(SI(a) SI(b)) (EK-FAC pairwise
 scores among the verifier-confirmed pairs' members). Also the AUROC of each cosine for telling the true pairs from
 the false ones among the verifier-confirmed pairs (0.5: it adds nothing there; below 0.5: it prefers false pairs).
 The EK-FAC factors are fitted on ``--fit-max`` images (``EKFAC.fit``'s max_examples), then score all.

@@ -84,7 +84,8 @@ def compute_ssl_influence(
             (0 = most influential), ``_percentile``, ``_aug_loss`` (l(x)), ``_dup_of`` / ``_dup_score`` (the
             sample with the most similar gradient and that cosine: the duplicate signal).
         embeddings_run ("ssl_embedding"): the ssl_embeddings run whose model is f.
-        curvature ("ekfac"): ``"ekfac"`` (kronfluence), ``"diagonal"`` or ``"identity"`` (||g||^2).
+        curvature ("ekfac"): ``"ekfac"`` (EK-FAC, fitted as kronfluence fits it), ``"diagonal"`` or ``"identity"``
+            (||g||^2).
         num_augs (4): K. output ("projection"): f's output. damping (None): lambda (None: a heuristic).
         seed (0): augmentation seed. fit_max_examples (None): cap on the EK-FAC fitting examples.
         project_dim (512): size of the gradient sketch kept with the run for duplicate pairs and fast
@@ -106,8 +107,8 @@ def compute_ssl_influence(
     batch_size = params.integer("batch_size", batch_size, 1)
     dev = resolve_device(device)
     if curvature == "ekfac" and distributed.context().world > 1 and torch.cuda.is_available():
-        # kronfluence switches to its own collectives whenever a process group and CUDA exist, so rank 0 cannot
-        # fit alone there, and its multi-GPU mode is not wired up (nor tested) here
+        # rank 0 fits the factors alone while the other ranks wait in a collective: untested with NCCL (a long fit
+        # may outlast its timeout), so not offered there yet
         raise ValueError("curvature='ekfac' is not supported in a multi-GPU torchrun job yet; use 'diagonal' or "
                          "'identity' there, or run EK-FAC in one process")
     ecfg = runs.require(dataset, embeddings_run, "ssl_embeddings", "compute_ssl_embeddings")
@@ -160,9 +161,9 @@ def compute_ssl_influence(
                 if run.primary:
                     torch.save({"diag": diag.cpu(), "damping": lam}, os.path.join(rdir, "diagonal.pt"))
                 progress(0.4, "diagonal Fisher fitted")
-            if curvature == "ekfac":  # kronfluence is not sharded: rank 0 fits, every rank scores its rows with it
+            if curvature == "ekfac":  # the fit is not sharded: rank 0 fits, every rank scores its rows with it
                 if run.primary:
-                    ek = EKFAC(f, cfg, os.path.join(rdir, "kronfluence"), dev, batch_size)
+                    ek = EKFAC(f, cfg, os.path.join(rdir, "ekfac"), dev, batch_size)
                     progress(0.1, "fitting EK-FAC factors")
                     ek.fit(pool.subset(), fit_max_examples)
                     layers = [tuple(t.cpu() if torch.is_tensor(t) else t for t in lay) for lay in ek.preconditioner()]
@@ -273,8 +274,8 @@ def find_influential_training_samples(
         query_ids: ids of the samples to explain (need not be in ``samples``).
         influence_run ("influence"): the compute_ssl_influence run whose model, augmentations, curvature
             and (for EK-FAC) fitted factors are used.
-        method ("exact"): ``"exact"`` (EK-FAC: kronfluence pairwise scores; diagonal / identity: gradients
-            streamed over the training set) or ``"projected"`` (diagonal / identity: dot products of the gradient
+        method ("exact"): ``"exact"`` (gradients streamed over the training set; EK-FAC with the influence run's
+            fitted factors) or ``"projected"`` (diagonal / identity: dot products of the gradient
             sketches kept with the influence run; fast for large data, approximate).
     """
     dataset = samples._dataset
@@ -311,7 +312,7 @@ def find_influential_training_samples(
             if len(qpool.ids) == 0:
                 raise ValueError("none of the query images could be decoded")
             if cfg.curvature == "ekfac":
-                ek = EKFAC(f, cfg, os.path.join(rdir, "kronfluence"), dev, batch_size)
+                ek = EKFAC(f, cfg, os.path.join(rdir, "ekfac"), dev, batch_size)
                 scores = ek.pairwise(qpool.subset(), pool.subset())
             elif method == "projected":
                 scores = _projected_scores(rdir, qpool, pool.ids)

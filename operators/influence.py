@@ -30,7 +30,7 @@ class ComputeSSLInfluence(CurationOperator):
         if run_choice(ctx, inputs, "embeddings_run", "ssl_embeddings", "Embeddings run (its model is f)",
                        "No SSL embeddings run yet: run 'compute SSL embeddings' first") is None:
             return types.Property(inputs)
-        radio(inputs, "curvature", {"ekfac": "EK-FAC (the paper; kronfluence)",
+        radio(inputs, "curvature", {"ekfac": "EK-FAC (the paper)",
                                     "diagonal": "diagonal Fisher (cheaper)",
                                     "identity": "identity: squared gradient norm (cheapest; TracIn)"}, "Curvature")
         positive_int(ctx, inputs, "num_augs", 4, "Augmentations per image (K)")

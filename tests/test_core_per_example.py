@@ -92,6 +92,111 @@ def test_conv_variants_token_inputs_and_a_shared_layer_match_vmap(images):
     assert_same(per_example_grads(f, x, cfg, chunk=4), vmap_grads(f, x, cfg))
 
 
+def _gram64(rows: torch.Tensor, bias: bool) -> torch.Tensor:
+    rows = rows.double()
+    if bias:
+        rows = torch.cat([rows, torch.ones(len(rows), 1, dtype=rows.dtype)], 1)
+    return rows.t() @ rows
+
+
+def test_covariances_sum_patches_and_output_gradients_over_every_row(images):
+    """EK-FAC's Kronecker factors (per_example.covariances through influence.covariance_sums, in chunks of 2
+    examples) against sums formed here from every row of every view in view-major order: A from each call's unfolded
+    patches (dilated / grouped, strided with reflect padding, asymmetric 'same' padding with a bias, tokens, a layer
+    called twice), G from its output gradients. The stride-1 convs go through the shift-and-window path."""
+    from fo_plugin.core.influence import covariance_sums, loss_from_outputs, tracked_modules
+
+    f = SSLOutput(Odd()).eval()
+    cfg = InfluenceConfig(num_augs=2, augment=AugmentConfig(size=16))
+    x = images[:5, :, :16, :16].contiguous()
+    sums = {}
+    covariance_sums(f, x, cfg, sums, chunk=2)
+    modules = dict(f.named_modules())
+    names = tracked_modules(f, cfg)
+    rec = {n: [] for n in names}
+
+    def keep(n):
+        def hook(_m, inputs, out):
+            pair = [inputs[0].detach(), None]
+            rec[n].append(pair)
+            out.register_hook(lambda g: pair.__setitem__(1, g))
+        return hook
+
+    hooks = [modules[n].register_forward_hook(keep(n)) for n in names]
+    views = make_views(x, cfg)
+    out = f(torch.cat(views))  # view-major rows: (K + 1) * B
+    loss_from_outputs(list(out.reshape(len(views), len(x), -1).unbind(0))).sum().backward()
+    for h in hooks:
+        h.remove()
+    for n in names:
+        m, bias = modules[n], modules[n].bias is not None
+        ref_a = ref_g = 0
+        for a, d in rec[n]:
+            if isinstance(m, nn.Conv2d):
+                mode = "constant" if m.padding_mode == "zeros" else m.padding_mode
+                a = F.pad(a, m._reversed_padding_repeated_twice, mode=mode)
+                a = a.unflatten(1, (m.groups, -1)).mean(1)  # kronfluence averages channel groups
+                cols = F.unfold(a, m.kernel_size, m.dilation, 0, m.stride)  # (N, D, L)
+                ref_a = ref_a + _gram64(cols.transpose(1, 2).reshape(-1, cols.shape[1]), bias)
+                ref_g = ref_g + _gram64(d.permute(0, 2, 3, 1).reshape(-1, d.shape[1]), False)
+            else:
+                ref_a = ref_a + _gram64(a.reshape(-1, a.shape[-1]), bias)
+                ref_g = ref_g + _gram64(d.reshape(-1, d.shape[-1]), False)
+        got_a, got_g = sums[n]
+        assert got_a.shape == ref_a.shape and got_g.shape == ref_g.shape, n
+        assert (got_a - ref_a).abs().max() <= 1e-5 * ref_a.abs().max(), n
+        assert (got_g - ref_g).abs().max() <= 1e-5 * ref_g.abs().max(), n
+    assert len(rec["net.shared"]) == 2 and sums["net.shared"][0][-1, -1] == 2 * 3 * 5  # 2 calls x 15 rows
+    assert sums["net.c3"][0][-1, -1] == 3 * 5 * 8 * 8  # every output position of every row
+
+
+class Wide(nn.Module):
+    """A strided conv with few output positions and many channels (an example's 3 x 4 patch rows are cheaper to
+    rotate than its gradient) before a grouped conv and a Linear called twice (also rotated inputs)."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(3)
+        self.c1 = nn.Conv2d(3, 96, 8, stride=8)
+        self.c2 = nn.Conv2d(96, 8, 1, groups=4, bias=False)
+        self.shared = nn.Linear(8, 8)
+
+    def forward(self, x):
+        return self.shared(torch.tanh(self.shared(torch.tanh(self.c2(torch.tanh(self.c1(x)))).mean((2, 3)))))
+
+    project = forward
+
+
+@pytest.mark.parametrize("model", [Odd, Wide])
+def test_gradients_in_a_kronecker_basis_equal_the_rotated_gradients(images, model):
+    """per_example_grads with bases (EK-FAC's rotated gradients: from rotated patches and output gradients where an
+    example has few rows, else formed and rotated) equals Q_G^T G Q_A of the plain gradients, every layer."""
+    from fo_plugin.core.influence import tracked_modules
+
+    f = SSLOutput(model()).eval()
+    cfg = InfluenceConfig(num_augs=2, augment=AugmentConfig(size=16))
+    x = images[:5, :, :16, :16].contiguous()
+    modules = dict(f.named_modules())
+    gen = torch.Generator().manual_seed(0)
+    bases, shapes = {}, []
+    for n in tracked_modules(f, cfg):
+        m = modules[n]
+        cout, din = m.weight.shape[0], m.weight[0].numel() + (m.bias is not None)
+        bases[n] = tuple(torch.linalg.qr(torch.randn(k, k, generator=gen))[0] for k in (cout, din))
+        shapes.append((cout, din, m.bias is not None))
+    raw = per_example_grads(f, x, cfg, chunk=2)
+    rot = per_example_grads(f, x, cfg, chunk=2, bases=bases)
+    s = 0
+    for (qg, qa), (cout, din, bias) in zip(bases.values(), shapes):
+        n = cout * din
+        w = raw[:, s:s + n - cout * bias].reshape(len(x), cout, -1)
+        mat = torch.cat([w, raw[:, s + n - cout:s + n, None]], 2) if bias else w  # (B, out, in')
+        ref = (qg.t() @ mat @ qa).reshape(len(x), -1)
+        assert ((rot[:, s:s + n] - ref).norm(dim=1) / ref.norm(dim=1)).max() < 1e-4
+        s += n
+    assert s == raw.shape[1]
+
+
 class SeqFirst(nn.Module):
     """Patch tokens handed to a Linear sequence-first, (T, N, in), as open_clip's older transformers do."""
 

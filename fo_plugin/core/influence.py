@@ -12,9 +12,9 @@ gradient):
     I(z, x) = -g(x)^T (H + lambda I)^-1 g(z)             train-to-sample influence (Koh & Liang sign: negative
                                                           = upweighting z lowers x's loss = z is a proponent)
 
-Curvature H: ``ekfac`` (the paper; via the ``kronfluence`` package on the empirical Fisher of l, damping
-0.1 x mean eigenvalue unless given), ``diagonal`` (diagonal empirical Fisher) and ``identity`` (H + lambda I = I:
-SI = ||g||^2, TracIn at one checkpoint). The authors released no code: K, the output used (projection or
+Curvature H: ``ekfac`` (the paper; :mod:`ekfac`, fitted as the ``kronfluence`` package fits it, on the empirical
+Fisher of l, damping 0.1 x mean eigenvalue unless given), ``diagonal`` (diagonal empirical Fisher) and ``identity``
+(H + lambda I = I: SI = ||g||^2, TracIn at one checkpoint). The authors released no code: K, the output used (projection or
 backbone), the tracked layers and the damping are our choices, exposed as parameters and recorded with each run.
 """
 
@@ -32,6 +32,7 @@ from torch.func import functional_call
 
 from . import distributed
 from .augment import AugmentConfig, augment
+from .per_example import covariances
 from .per_example import per_example_grads as example_grads
 
 CURVATURES = ("ekfac", "diagonal", "identity")
@@ -145,14 +146,8 @@ def aug_losses(f: SSLOutput, x: torch.Tensor, cfg: InfluenceConfig) -> torch.Ten
     return loss_from_outputs([f(v) for v in make_views(x, cfg)])
 
 
-def per_example_grads(f: SSLOutput, x: torch.Tensor, cfg: InfluenceConfig,
-                      chunk: int = 32) -> torch.Tensor:
-    """g(x) for a batch as (B, P) float32, P = number of tracked weights, in :func:`tracked_parameters` order.
-
-    The K + 1 views of ``chunk`` examples go through ``f`` as one batch of (K + 1) * chunk rows and one backward
-    pass; each tracked layer's per-example gradient is then formed from its activations and output gradients
-    (:mod:`per_example`), summed over the example's views: about the cost of K + 1 plain forward + backward passes.
-    """
+def _views_loss(f: SSLOutput, cfg: InfluenceConfig) -> tuple[list[tuple[str, nn.Module]], int, Callable]:
+    """(tracked (name, module) pairs, K + 1, the summed loss of example-major view rows (b * (K+1), 3, S, S))."""
     modules = dict(f.named_modules())
     tracked = [(n, modules[n]) for n in tracked_modules(f, cfg)]
     group = cfg.num_augs + 1
@@ -161,12 +156,35 @@ def per_example_grads(f: SSLOutput, x: torch.Tensor, cfg: InfluenceConfig,
         out = f(v)  # (b * (K+1), D)
         return loss_from_outputs(list(out.reshape(-1, group, out.shape[-1]).unbind(1))).sum()
 
+    return tracked, group, loss
+
+
+def per_example_grads(f: SSLOutput, x: torch.Tensor, cfg: InfluenceConfig,
+                      chunk: int = 32, bases: dict | None = None) -> torch.Tensor:
+    """g(x) for a batch as (B, P) float32, P = number of tracked weights, in :func:`tracked_parameters` order
+    (``bases``: layers whose columns come in a Kronecker eigenbasis, see :func:`per_example.per_example_grads`).
+
+    The K + 1 views of ``chunk`` examples go through ``f`` as one batch of (K + 1) * chunk rows and one backward
+    pass; each tracked layer's per-example gradient is then formed from its activations and output gradients
+    (:mod:`per_example`), summed over the example's views: about the cost of K + 1 plain forward + backward passes.
+    """
+    tracked, group, loss = _views_loss(f, cfg)
     params = dict(f.named_parameters())
     g = torch.empty(len(x), sum(params[n].numel() for n in tracked_parameters(f, cfg)), device=x.device)  # (B, P)
     for s in range(0, len(x), chunk):
         views = torch.stack(make_views(x[s:s + chunk], cfg), dim=1)  # (b, K+1, 3, S, S)
-        example_grads(loss, views.flatten(0, 1), tracked, group, g[s:s + chunk])
+        example_grads(loss, views.flatten(0, 1), tracked, group, g[s:s + chunk], bases)
     return g
+
+
+def covariance_sums(f: SSLOutput, x: torch.Tensor, cfg: InfluenceConfig, sums: dict[str, list[torch.Tensor]],
+                    chunk: int = 32) -> None:
+    """Adds the EK-FAC Kronecker-factor sums of a batch (every row of every one of the K + 1 views, every position)
+    to ``sums``: per tracked layer [A (in', in'), G (out, out)] float64 (:func:`per_example.covariances`)."""
+    tracked, _, loss = _views_loss(f, cfg)
+    for s in range(0, len(x), chunk):
+        views = torch.stack(make_views(x[s:s + chunk], cfg), dim=1)  # (b, K+1, 3, S, S)
+        covariances(loss, views.flatten(0, 1), tracked, sums)
 
 
 class CountSketch:
