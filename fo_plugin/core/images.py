@@ -58,14 +58,14 @@ def load_rgb(path: str, size: int, fast: bool = True) -> tuple[np.ndarray | None
     Returns:
         ``(array, None)`` on success, ``(None, message)`` when the file cannot be used.
     """
+    if fast and not path.lower().endswith(VIDEO_EXTENSIONS):
+        arr = _load_plain_jpeg(path, size)  # opens the file itself: a missing one is reported below
+        if arr is not None:
+            return arr, None
     if not os.path.exists(path):
         return None, f"missing file: {path}"
     if path.lower().endswith(VIDEO_EXTENSIONS):
         return None, f"not an image (video file): {path}"
-    if fast:
-        arr = _load_plain_jpeg(path, size)
-        if arr is not None:
-            return arr, None
     return _load_pil(path, size)
 
 
@@ -109,8 +109,8 @@ def _load_plain_jpeg(path: str, size: int) -> np.ndarray | None:
     if decode is None:
         return None
     try:
-        with open(path, "rb") as f:
-            data = f.read()
+        with open(path, "rb", buffering=0) as f:
+            data = f.readall()
     except OSError:
         return None
     wh = _plain_jpeg_size(data, size)
@@ -173,22 +173,25 @@ def _plain_jpeg_size(data: bytes, size: int) -> tuple[int, int] | None:
             continue
         if marker == 0xDA:  # start of scan
             break
-        end = i + 2 + int.from_bytes(data[i + 2:i + 4], "big")
-        body = data[i + 4:end]  # the segment after its length
+        end = i + 2 + (data[i + 2] << 8 | data[i + 3])  # the segment's length counts its own 2 bytes
         if end > n or end < i + 4:
             return None
-        if marker in (0xC0, 0xC1, 0xC2):
+        if marker in _PLAIN_SEGMENTS:
+            tag = data[i + 4:i + 8]
+            if (marker == 0xE2 and tag == b"MPF\0") or (marker == 0xE0 and tag == b"JFIF" and end - i < 18):
+                return None
+        elif marker in (0xC0, 0xC1, 0xC2):
+            body = data[i + 4:end]
             if wh is not None or len(body) < 6 or body[0] != 8 or body[5] not in (1, 3):
                 return None
-            wh = (int.from_bytes(body[3:5], "big"), int.from_bytes(body[1:3], "big"))
+            wh = (body[3] << 8 | body[4], body[1] << 8 | body[2])
         elif marker == 0xDB:  # quantization tables: PIL refuses a short one
-            while body:
-                step = 65 if body[0] < 16 else 129
-                if len(body) < step:
-                    return None
-                body = body[step:]
-        elif marker not in _PLAIN_SEGMENTS or (marker == 0xE2 and body.startswith(b"MPF\0")) \
-                or (marker == 0xE0 and body.startswith(b"JFIF") and len(body) < 14):
+            j = i + 4
+            while j < end:
+                j += 65 if data[j] < 16 else 129
+            if j != end:
+                return None
+        else:
             return None
         i = end
     if wh is None or min(wh) < 1 or wh[0] * wh[1] > (Image.MAX_IMAGE_PIXELS or float("inf")):
@@ -210,23 +213,34 @@ def iter_decoded(paths: Sequence[str], size: int, batch_size: int = 256, workers
     with ThreadPoolExecutor(workers) as pool:
         pending = None
         for start in range(0, len(paths), batch_size):
-            fut = pool.map(lambda p: load_rgb(p, size), paths[start:start + batch_size])
+            batch = _submit(pool, workers, start, paths[start:start + batch_size], size)
             if pending is not None:
-                yield _collect(*pending, size)
-            pending = (start, fut)
+                yield _collect(*pending)
+            pending = batch
         if pending is not None:
-            yield _collect(*pending, size)
+            yield _collect(*pending)
 
 
-def _collect(start: int, results, size: int):
-    results = list(results)
-    images = np.zeros((len(results), size, size, 3), dtype=np.uint8)
-    ok = np.zeros(len(results), dtype=bool)
-    errors: list[str | None] = []
-    for i, (arr, err) in enumerate(results):
-        if arr is not None:
-            images[i], ok[i] = arr, True
-        errors.append(err)
+def _submit(pool: ThreadPoolExecutor, workers: int, start: int, paths: Sequence[str], size: int):
+    """Start decoding one batch into its arrays, in place, by pool tasks of up to 16 files (a task per file costs
+    more in futures than a small JPEG takes to decode); enough tasks to keep every worker busy."""
+    images = np.zeros((len(paths), size, size, 3), dtype=np.uint8)
+    ok = np.zeros(len(paths), dtype=bool)
+    errors: list[str | None] = [None] * len(paths)
+    chunk = max(1, min(16, -(-len(paths) // (4 * workers))))
+
+    def fill(lo: int) -> None:
+        for i in range(lo, min(lo + chunk, len(paths))):
+            arr, errors[i] = load_rgb(paths[i], size)
+            if arr is not None:
+                images[i], ok[i] = arr, True
+
+    return start, images, ok, errors, [pool.submit(fill, lo) for lo in range(0, len(paths), chunk)]
+
+
+def _collect(start: int, images: np.ndarray, ok: np.ndarray, errors: list[str | None], tasks: list):
+    for task in tasks:
+        task.result()  # waits; re-raises what a task raised
     return start, images, ok, errors
 
 
