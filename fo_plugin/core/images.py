@@ -2,7 +2,8 @@
 
 Grayscale (8, 16 and 32-bit integer, 32-bit float), palette, RGBA and CMYK images are converted to RGB; tiny images
 are upsampled; huge JPEGs are decoded at reduced resolution (``draft``). Missing, truncated, video and other non-image
-files produce an error string instead of an exception, so one bad file never stops a run.
+files produce an error string instead of an exception, so one bad file never stops a run. Plain JPEGs (most datasets)
+take a faster decoder that gives exactly PIL's pixels (:func:`load_rgb`).
 """
 
 from __future__ import annotations
@@ -51,9 +52,10 @@ def _high_depth_to_l(im: Image.Image) -> Image.Image:
 def load_rgb(path: str, size: int, fast: bool = True) -> tuple[np.ndarray | None, str | None]:
     """Decode ``path`` to uint8 (size, size, 3): shorter side resized to ``size``, centre crop.
 
-    A plain JPEG (see :func:`_plain_jpeg_size`) is decoded by torchvision's libjpeg-turbo op, which gives exactly the
-    pixels PIL gives (same library, same settings) at a third of the cost; everything else, and any JPEG that op
-    refuses, goes through PIL. ``fast=False`` always uses PIL (the reference the fast path is tested against).
+    A plain JPEG (see :func:`_plain_jpeg_size`) is decoded by torchvision's op, which gives exactly the pixels PIL
+    gives (libjpeg-turbo in both, same settings; checked on all 60,000 CIFAR-10 and 2,000 UTKFace files) at about half
+    the cost; everything else, and any JPEG that op refuses, goes through PIL. ``fast=False`` always uses PIL (the
+    reference the fast path is tested against).
 
     Returns:
         ``(array, None)`` on success, ``(None, message)`` when the file cannot be used.
@@ -203,7 +205,8 @@ def _plain_jpeg_size(data: bytes, size: int) -> tuple[int, int] | None:
 
 def iter_decoded(paths: Sequence[str], size: int, batch_size: int = 256, workers: int | None = None
                  ) -> Iterator[tuple[int, np.ndarray, np.ndarray, list[str | None]]]:
-    """Decode ``paths`` in order, in batches, with a thread pool (PIL releases the GIL while decoding).
+    """Decode ``paths`` in order with :func:`load_rgb`, in batches, with a thread pool (the decoders release the GIL;
+    the next batch is decoded while the caller works on this one).
 
     Yields:
         ``(start, images, ok, errors)``: the batch's offset into ``paths``, uint8 (B, size, size, 3) with zeros where
