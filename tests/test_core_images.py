@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from fo_plugin.core import images
 from fo_plugin.core.images import iter_decoded, load_rgb
 
 
@@ -88,3 +89,107 @@ def test_unusable_files_get_clear_errors(real, tmp_path):
     start, imgs, ok, errs = next(iter_decoded(paths, 32, batch_size=8, workers=2))
     assert start == 0 and ok.tolist() == [True, False, False, False, False] and errs == errors
     assert imgs[0].std() > 10 and not imgs[1:].any()
+
+
+@pytest.fixture(scope="module")
+def utk_paths():
+    """200 real UTKFace faces (200x200 JPEGs), extracted once."""
+    from fo_plugin.data import utkface_files
+
+    return [r["filepath"] for r in utkface_files(balanced=True, limit=200)]
+
+
+@pytest.fixture()
+def fast_calls(monkeypatch):
+    """Counts of files decoded by the fast JPEG path and by PIL, through whichever entry point."""
+    counts = {"fast": 0, "pil": 0}
+    fast, pil = images._load_plain_jpeg, images._load_pil
+
+    def fast_spy(path, size):
+        arr = fast(path, size)
+        counts["fast"] += arr is not None
+        return arr
+
+    def pil_spy(path, size):
+        counts["pil"] += 1
+        return pil(path, size)
+
+    monkeypatch.setattr(images, "_load_plain_jpeg", fast_spy)
+    monkeypatch.setattr(images, "_load_pil", pil_spy)
+    return counts
+
+
+def _same_as_pil(paths, size):
+    """Every file gives exactly PIL's array (or PIL's error message) through load_rgb."""
+    for p in paths:
+        (a, ea), (b, eb) = load_rgb(p, size), load_rgb(p, size, fast=False)
+        assert ea == eb, p
+        assert (a is None and b is None) or (a.dtype == b.dtype == np.uint8 and np.array_equal(a, b)), p
+
+
+def test_plain_jpegs_take_the_fast_path_with_pils_exact_pixels(cifar_files, utk_paths, fast_calls):
+    cifar = [p for p, _, _ in cifar_files]
+    _same_as_pil(cifar, 32)  # as stored: no resize
+    assert fast_calls == {"fast": 400, "pil": 400}  # each file once fast, once through PIL (fast=False)
+    _same_as_pil(cifar[::8], 20)  # bicubic fit down
+    _same_as_pil(cifar[::8], 224)  # and up
+    _same_as_pil(utk_paths, 64)  # 200x200 faces, resized
+    assert fast_calls["fast"] == 400 + 50 + 50 + 200
+    _same_as_pil(utk_paths[:20], 32)  # 200 >= 4 x 32: PIL decodes at half size (draft), so PIL it is
+    assert fast_calls["fast"] == 700
+    fast_calls.update(fast=0, pil=0)
+    batches = list(iter_decoded(cifar, 32, batch_size=128, workers=2))
+    assert fast_calls == {"fast": 400, "pil": 0}  # a silent fall-back to PIL would fail here
+    assert np.array_equal(np.concatenate([b[1] for b in batches]), np.stack([load_rgb(p, 32, fast=False)[0]
+                                                                              for p in cifar]))
+
+
+def _odd_jpegs(real: np.ndarray, folder) -> dict[str, bool]:
+    """JPEGs of a real image in the variants found in the wild -> whether the fast path may decode them."""
+    im, big = Image.fromarray(real), Image.fromarray(real).resize((96, 72), Image.Resampling.BICUBIC)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotated 90 degrees
+    cases = {
+        "q95_444.jpg": (big, {"quality": 95, "subsampling": 0}, True),
+        "q50_422.jpg": (big, {"quality": 50, "subsampling": 1}, True),
+        "q20_420_optimized.jpg": (big, {"quality": 20, "subsampling": 2, "optimize": True}, True),
+        "progressive.jpg": (big, {"progressive": True}, True),
+        "restarts.jpg": (big, {"restart_marker_blocks": 3}, True),
+        "gray.jpg": (big.convert("L"), {}, True),
+        "gray_progressive.jpg": (im.convert("L"), {"progressive": True}, True),
+        "icc_comment.jpg": (big, {"icc_profile": b"\0" * 128, "comment": b"hello"}, True),
+        "wide_45x32.jpg": (im.resize((45, 32)), {}, True),
+        "tall_17x127.jpg": (im.resize((17, 127)), {}, True),
+        "one_pixel.jpg": (im.resize((1, 1)), {}, True),
+        "jpeg_named.png": (big, {}, True),
+        "just_below_draft_127x200.jpg": (im.resize((127, 200)), {}, True),
+        "draft_192x192.jpg": (im.resize((192, 192)), {}, False),  # >= 4 x size: PIL decodes at reduced size
+        "exif_rotated.jpg": (big, {"exif": exif}, False),
+        "exif_upright.jpg": (big, {"exif": Image.Exif()}, False),
+        "xmp.jpg": (big, {"xmp": b'<x:xmpmeta><tiff:Orientation>3</tiff:Orientation></x:xmpmeta>'}, False),
+        "cmyk.jpg": (big.convert("CMYK"), {}, False),
+        "rgb_not_ycbcr.jpg": (big, {"keep_rgb": True}, False),  # Adobe APP14
+    }
+    for name, (pic, kwargs, _) in cases.items():
+        pic.save(folder / name, "JPEG", **kwargs)
+    data = (folder / "q95_444.jpg").read_bytes()
+    (folder / "trailing_bytes.jpg").write_bytes(data + b"\0" * 10)  # PIL ignores them; fast path leaves it to PIL
+    mid = len(data) * 2 // 3
+    (folder / "corrupt_scan.jpg").write_bytes(data[:mid] + bytes(b ^ 0x5A for b in data[mid:mid + 40])
+                                              + data[mid + 40:])  # libjpeg warns, both decode the same garbage
+    (folder / "truncated.jpg").write_bytes(data[:mid])
+    at = data.index(b"\xff\xc0") + 5  # SOF0 height, width
+    (folder / "bomb.jpg").write_bytes(data[:at] + (30_000).to_bytes(2, "big") * 2 + data[at + 4:])
+    return {**{n: fast for n, (_, _, fast) in cases.items()}, "trailing_bytes.jpg": False, "corrupt_scan.jpg": True,
+            "truncated.jpg": False, "bomb.jpg": False}
+
+
+def test_odd_jpegs_match_pil_and_only_plain_ones_go_fast(real, tmp_path, fast_calls):
+    for name, fast in _odd_jpegs(real, tmp_path).items():
+        for size in (32, 48):
+            fast_calls.update(fast=0)
+            _same_as_pil([str(tmp_path / name)], size)
+            assert fast_calls["fast"] == fast, (name, size)
+    assert load_rgb(str(tmp_path / "truncated.jpg"), 32)[1].startswith("cannot decode image (OSError: image file is")
+    assert load_rgb(str(tmp_path / "bomb.jpg"), 32)[1].startswith("image too large")
+    assert load_rgb(str(tmp_path / "exif_rotated.jpg"), 32)[0].shape == (32, 32, 3)
