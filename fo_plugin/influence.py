@@ -7,6 +7,7 @@ The method and its reconstruction from the paper are described in :mod:`fo_plugi
 from __future__ import annotations
 
 import os
+import shutil
 import time
 
 import fiftyone as fo
@@ -17,7 +18,7 @@ from fiftyone import ViewField as F
 from . import params, runs
 from .core import distributed
 from .core.device import resolve_device
-from .core.ekfac import EKFAC
+from .core.ekfac import EKFAC, FACTORS_FILE
 from .core.fingerprint import fingerprint
 from .core.influence import (
     CURVATURES,
@@ -166,6 +167,7 @@ def compute_ssl_influence(
                     ek = EKFAC(f, cfg, os.path.join(rdir, "ekfac"), dev, batch_size)
                     progress(0.1, "fitting EK-FAC factors")
                     ek.fit(pool.subset(), fit_max_examples)
+                    shutil.rmtree(os.path.join(rdir, "kronfluence"), ignore_errors=True)  # an earlier version's factors
                     layers = [tuple(t.cpu() if torch.is_tensor(t) else t for t in lay) for lay in ek.preconditioner()]
                 layers = [tuple(t.to(dev) if torch.is_tensor(t) else t for t in layer)
                           for layer in distributed.broadcast(layers)]
@@ -313,6 +315,10 @@ def find_influential_training_samples(
                 raise ValueError("none of the query images could be decoded")
             if cfg.curvature == "ekfac":
                 ek = EKFAC(f, cfg, os.path.join(rdir, "ekfac"), dev, batch_size)
+                if not os.path.isfile(os.path.join(ek.out_dir, FACTORS_FILE)):
+                    raise ValueError(f"influence run {influence_run!r} holds no EK-FAC factors this version can read (an "
+                                     "earlier version fitted them with kronfluence); run compute_ssl_influence again "
+                                     "with the same settings (overwrite=True) to fit them")
                 scores = ek.pairwise(qpool.subset(), pool.subset())
             elif method == "projected":
                 scores = _projected_scores(rdir, qpool, pool.ids)

@@ -9,8 +9,8 @@ pause: where the worker stops and waits to be killed, so the kill always lands a
                      written: e.g. the first chunk of embeddings staged);
   ``epoch:E``     -- inside proxy training, at the second batch of epoch E (0-based): the state file holds the
                      epochs before E and one optimiser step of epoch E is only in memory;
-  ``commit``      -- inside the commit, after the previous run's tags and stale fields were removed and before
-                     the staged values are moved into the sample documents.
+  ``commit``      -- inside the commit, after the previous run's tags and values were removed and before the
+                     staged values are merged into the sample documents (neither run's values are in place).
 Every progress report is appended to the signal file as ``progress <fraction> <label>``; the pause writes
 ``paused <what>`` and then sleeps until the test kills the process. If the stage ends it writes ``finished``.
 """
@@ -47,10 +47,10 @@ def main() -> None:
     if kind == "commit":
         from fo_plugin import runs
 
-        def move_in(self, ds, final):  # the commit has untagged the previous run and dropped its stale fields
-            wait_for_kill(f"commit before moving in {sorted(final)}")
+        def merge_staged(self, coll, now):  # the commit has removed the previous run's tags and values
+            wait_for_kill("commit between clearing the old values and merging the new")
 
-        runs.Run._move_in = move_in
+        runs.Run._merge_staged = merge_staged
 
     if kind == "epoch":
         import fo_plugin.core.train as train

@@ -180,8 +180,14 @@ def _odd_jpegs(real: np.ndarray, folder) -> dict[str, bool]:
     (folder / "truncated.jpg").write_bytes(data[:mid])
     at = data.index(b"\xff\xc0") + 5  # SOF0 height, width
     (folder / "bomb.jpg").write_bytes(data[:at] + (30_000).to_bytes(2, "big") * 2 + data[at + 4:])
+
+    def with_segment(marker: int, body: bytes) -> bytes:  # a segment right after SOI
+        return data[:2] + bytes([0xFF, marker]) + (len(body) + 2).to_bytes(2, "big") + body + data[2:]
+
+    (folder / "short_icc.jpg").write_bytes(with_segment(0xE2, b"ICC_PROFILE\0\x01"))  # PIL refuses the file
+    (folder / "broken_8bim.jpg").write_bytes(with_segment(0xED, b"Photoshop 3.0\x008BIM\x04\x04"))
     return {**{n: fast for n, (_, _, fast) in cases.items()}, "trailing_bytes.jpg": False, "corrupt_scan.jpg": True,
-            "truncated.jpg": False, "bomb.jpg": False}
+            "truncated.jpg": False, "bomb.jpg": False, "short_icc.jpg": False, "broken_8bim.jpg": False}
 
 
 def test_odd_jpegs_match_pil_and_only_plain_ones_go_fast(real, tmp_path, fast_calls):

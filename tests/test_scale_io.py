@@ -125,3 +125,26 @@ def test_an_earlier_versions_staged_field_is_removed_and_a_kept_staging_is_resum
         run.commit()
     assert ds.values("c4_a") == [2.0] * 30 + [3.0] * (len(ids) - 30)
     assert runs.staged_values(ds, "cols4", "c4_a") == {}  # the staging collection went with the commit
+
+
+def test_a_first_run_that_fails_inside_its_commit_owns_its_fields_and_the_rerun_replaces_them(vec_dataset, monkeypatch):
+    ds, ids, _ = vec_dataset
+    fields = {"a": ("c5_a", fo.FloatField, {})}
+
+    def fails(self, coll, now):  # after the field was declared and old values cleared, before the new are merged
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(runs.Run, "_merge_staged", fails)
+    with pytest.raises(RuntimeError, match="disk full"):
+        with runs.Run(ds, "cols5", "cols_test", fields, {}) as run:
+            run.write("a", ids, [1.0] * len(ids))
+            run.commit()
+    cfg = runs.get_config(ds, "cols5")
+    assert cfg["status"] == "failed" and cfg["fields"] == ["c5_a"] and "c5_a" in ds.get_field_schema()
+    monkeypatch.undo()
+    with runs.Run(ds, "cols5", "cols_test", fields, {}) as run:  # no overwrite needed: the field is the run's
+        run.write("a", ids, [2.0] * len(ids))
+        run.commit()
+    assert ds.values("c5_a") == [2.0] * len(ids)
+    runs.delete_run(ds, "cols5")
+    assert "c5_a" not in ds.get_field_schema()

@@ -24,7 +24,8 @@ def embed_array(fn: Callable[[torch.Tensor], torch.Tensor], images: np.ndarray, 
     CUDA, fp32 on CPU; see :func:`device.resolve_precision`) and ``channels_last`` are honoured on any device.
     ``channels_last`` (default) gives the model NHWC input: the proxy's forward runs 1.3-1.6x faster on this
     project's CPU (``bench/bench_embeddings.py``), the same features up to float rounding (~1e-8); it is also
-    PyTorch's advice for tensor cores (not measured here: no GPU).
+    PyTorch's advice for tensor cores (not measured here: no GPU). A model that reshapes its input with ``.view``
+    needs ``channels_last=False``.
 
     Returns:
         float32 (N, D) numpy array.

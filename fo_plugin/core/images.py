@@ -151,7 +151,8 @@ def _jpeg_decoder() -> Callable | None:
         return None
 
 
-_PLAIN_SEGMENTS = {0xC4, 0xDD, 0xE0, 0xE2, *range(0xE3, 0xEE), 0xEF, 0xFE}  # DHT, DRI, APP0, 2-13, 15, COM
+_PLAIN_SEGMENTS = {0xC4, 0xDD, 0xE0, 0xE2, *range(0xE3, 0xED), 0xEF, 0xFE}  # DHT, DRI, APP0, 2-12, 15, COM
+# (APP13, Photoshop's, is left to PIL: it parses its 8BIM blocks and refuses a damaged one)
 
 
 def _plain_jpeg_size(data: bytes, size: int) -> tuple[int, int] | None:
@@ -182,6 +183,8 @@ def _plain_jpeg_size(data: bytes, size: int) -> tuple[int, int] | None:
             tag = data[i + 4:i + 8]
             if (marker == 0xE2 and tag == b"MPF\0") or (marker == 0xE0 and tag == b"JFIF" and end - i < 18):
                 return None
+            if marker == 0xE2 and data[i + 4:i + 16] == b"ICC_PROFILE\0" and end - i < 18:
+                return None  # PIL reads the chunk number and count after the tag: too short, it refuses the file
         elif marker in (0xC0, 0xC1, 0xC2):
             body = data[i + 4:end]
             if wh is not None or len(body) < 6 or body[0] != 8 or body[5] not in (1, 3):
