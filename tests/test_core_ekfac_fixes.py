@@ -166,8 +166,8 @@ def test_an_interrupted_fit_keeps_the_old_factors_with_their_own_fingerprint(ima
         model.l1.weight.mul_(1.5)
     f = SSLOutput(model).eval()
 
-    def killed(obj, path):  # the process dies while writing the new factors
-        open(path, "wb").write(b"partial")
+    def killed(obj, fh):  # the process dies while writing the new factors
+        fh.write(b"partial")
         raise KeyboardInterrupt
 
     monkeypatch.setattr(ekfac.torch, "save", killed)

@@ -110,9 +110,12 @@ class EKFAC:
         factors = {"fingerprint": want, "num_examples": len(fit),
                    "layers": {n: {"qa": eig[n][0].cpu(), "qg": eig[n][1].cpu(), "lambda": la.cpu()}
                               for n, la in zip(self.tracked, lam)}}
-        tmp = f"{self.path}.{os.getpid()}.tmp"
+        tmp = f"{self.path}.tmp-{os.getpid()}"  # temporary name, fsync, rename: a kill leaves the whole file or none
         try:
-            torch.save(factors, tmp)
+            with open(tmp, "wb") as fh:
+                torch.save(factors, fh)
+                fh.flush()
+                os.fsync(fh.fileno())
             os.replace(tmp, self.path)
         finally:
             if os.path.exists(tmp):  # a write that did not complete
