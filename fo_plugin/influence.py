@@ -316,9 +316,9 @@ def find_influential_training_samples(
             if cfg.curvature == "ekfac":
                 ek = EKFAC(f, cfg, os.path.join(rdir, "ekfac"), dev, batch_size)
                 if not os.path.isfile(os.path.join(ek.out_dir, FACTORS_FILE)):
-                    raise ValueError(f"influence run {influence_run!r} holds no EK-FAC factors this version can read (an "
-                                     "earlier version fitted them with kronfluence); run compute_ssl_influence again "
-                                     "with the same settings (overwrite=True) to fit them")
+                    raise ValueError(f"influence run {influence_run!r} has no EK-FAC factors file (runs of earlier "
+                                     "versions kept kronfluence's factors, which this version does not read); run "
+                                     "compute_ssl_influence again with the same settings to fit them")
                 scores = ek.pairwise(qpool.subset(), pool.subset())
             elif method == "projected":
                 scores = _projected_scores(rdir, qpool, pool.ids)

@@ -2,14 +2,14 @@
 
 A run of one of our methods goes: validate (nothing touched) -> lock the run key -> compute -> stage every value in
 the run's *staging collection* (a scratch database collection, one per dataset and run key; no sample document is
-touched) -> commit (one server-side pass moves the staged values into the sample documents, replacing the previous
-run's values; then re-tag, save the views, record the run as ``complete``).
-A failure at any point before the commit drops the staging collection and leaves the previous run's fields, tags,
-views and record as they were (the record notes the failed attempt); a run with no previous result is recorded
-``failed`` with the error. Fields are written only for the target view: after the commit, samples outside it hold no
-value, so no reader ever mixes two runs. Every field, tag, saved view, FiftyOne Brain run and artifact a run makes is
-recorded, so :func:`delete_run` removes exactly those, and a field the user made is never written over or deleted
-unless ``overwrite=True`` was passed.
+touched) -> commit (two server-side passes: an ``$unset`` of the previous run's values, a ``$merge`` of the staged
+ones into the sample documents; then re-tag, save the views, record the run as ``complete``).
+A failure at any point before the commit drops the staging collection (an interruption keeps it, for a resume) and
+leaves the previous run's fields, tags, views and record as they were (the record notes the failed attempt); a run
+with no previous result is recorded ``failed`` with the error. Fields are written only for the target view: after
+the commit, samples outside it hold no value, so no reader ever mixes two runs. Every field, tag, saved view,
+FiftyOne Brain run and artifact a run makes is recorded, so :func:`delete_run` removes exactly those, and a field
+the user made is never written over or deleted unless ``overwrite=True`` was passed.
 
 Artifacts (checkpoints, factors, sketches) live in a folder keyed by a fingerprint of what they depend on (model,
 data ids, settings), so a changed input never reuses a stale artifact. A file lock per run key keeps two runs of one
@@ -360,6 +360,7 @@ class Run:
             with dataset_lock(self.dataset) as ds:
                 if not keep_staged:
                     self._staging.drop()
+                    self._staging.database.drop_collection(self._staging.name + ".part")
                 attempt = {"status": "failed", "fingerprint": self.fp, "error": error,
                            "failed": time.strftime("%Y-%m-%d %H:%M:%S")}
                 if ds.has_run(self.key) and get_config(ds, self.key).get("status") == "complete":
@@ -486,11 +487,10 @@ class Run:
             self._check_names(ds, old)
             # readers refuse the run while its fields are being replaced: a kill in this window leaves a record
             # saying so ("interrupted"), never a complete record over a mix of old and new fields
-            # the fields are the run's from here on (a first run's are declared below): a kill or failure inside
-            # the commit leaves them recorded, so the re-run replaces them and delete_run removes them
-            self._update_record(ds, status="committing", attempt={"status": "committing", "fingerprint": self.fp},
-                                fields=sorted(set(old.get("fields", [])) | set(final)))
+            self._update_record(ds, status="committing", attempt={"status": "committing", "fingerprint": self.fp})
             _untag(ds, old)  # exactly the samples the previous run tagged, while its fields are still in place
+            self._update_record(ds, tags=[], tag_views="{}")  # untagged: a later attempt must not untag again
+            old = {**old, "tags": [], "tag_views": "{}"}
             schema = ds.get_field_schema()
             drop = [name for name in set(old.get("fields", [])) - set(final)  # e.g. a _gain field not written now
                     if name in schema and field_owner(ds, name) == self.key]
@@ -501,16 +501,21 @@ class Run:
             for name, ftype, kwargs in self.fields.values():
                 if not ds.has_sample_field(name):
                     ds.add_sample_field(name, ftype, **kwargs)  # the schema only: no sample is touched
+            # the fields are the run's from here on: a kill or failure inside the commit leaves them recorded, so
+            # the re-run replaces them and delete_run removes them
+            self._update_record(ds, fields=sorted(set(old.get("fields", [])) | set(final)))
             self._move_in(ds, final)
             for view in old.get("saved_views", []):
                 if ds.has_saved_view(view) and view not in [v[0] for v in self._views]:
                     ds.delete_saved_view(view)
-            tag_views = {}
-            for tag, select in self._tags:
-                view = select(ds)
-                view.tag_samples(tag)
-                tag_views[tag] = view._serialize()
+            selections = {tag: select(ds) for tag, select in self._tags}
+            tag_views = {tag: view._serialize() for tag, view in selections.items()}
             views = []
+            # owned before they are applied: a failure below leaves nothing that a re-run or delete_run cannot remove
+            self._update_record(ds, tags=list(tag_views), tag_views=json.dumps(tag_views),
+                                saved_views=sorted({*old.get("saved_views", []), *(v[0] for v in self._views)}))
+            for tag, view in selections.items():
+                view.tag_samples(tag)
             for name, make, description in self._views:
                 ds.save_view(name, make(ds), description=description, overwrite=True)
                 views.append(name)
@@ -555,6 +560,7 @@ class Run:
                          {"$unset": {name: "" for name in final}, "$set": {"last_modified_at": now}})
         self._merge_staged(coll, now)
         self._staging.drop()
+        self._staging.database.drop_collection(self._staging.name + ".part")
         Sample._reload_docs(coll.name)  # in-memory samples see the new values (as set_values)
 
     def _merge_staged(self, coll, now) -> None:
@@ -608,10 +614,12 @@ def _scratch_name(dataset: fo.Dataset, key: str) -> str:
 def staged_values(dataset: fo.Dataset, key: str, field_name: str, field=None) -> dict:
     """``{id: value}`` that the current attempt of run ``key`` has staged for ``field_name`` and not yet committed,
     read as ``field`` (default: the dataset's field of that name) reads them."""
-    field = field if field is not None else dataset.get_field(field_name)  # None before a first run's commit
+    field = field if field is not None else dataset.get_field(field_name)
+    if field is None:  # before a first run's commit the dataset does not declare it
+        raise ValueError(f"field {field_name!r} is not declared on dataset {dataset.name!r} yet; pass field=")
     staging = dataset._sample_collection.database[_scratch_name(dataset, key)]
-    read = field.to_python if field is not None else (lambda v: v)
-    return {str(d["_id"]): read(d[field_name]) for d in staging.find({field_name: {"$ne": None}}, {field_name: 1})}
+    return {str(d["_id"]): field.to_python(d[field_name])
+            for d in staging.find({field_name: {"$ne": None}}, {field_name: 1})}
 
 
 def _make_field(name: str, ftype, kwargs: dict):

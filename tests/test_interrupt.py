@@ -173,7 +173,8 @@ def test_kill_during_embedding_keeps_the_previous_run_and_the_rerun_embeds_only_
     assert [v is None for v in after] == [v is None for v in before]  # no new value leaked into the final field
     assert all(np.array_equal(a, b) for a, b in zip(after, before) if a is not None)
     staged = runs.staged_values(ds, "emb_b", "emb_b")
-    assert len(staged) == 256 and staged_fields(ds)  # the kill came after the first chunk was staged, before the rest
+    assert len(staged) == 256  # the kill came after the first chunk was staged, before the rest
+    assert runs._scratch_name(ds, "emb_b") in staged_fields(ds)
     assert all(v.shape == before[0].shape for v in staged.values())
 
     out = fo_plugin.compute_ssl_embeddings(ds, "emb_b", checkpoint=ckpt, batch_size=64, device="cpu")
@@ -277,6 +278,7 @@ def test_kill_inside_the_swap_leaves_a_record_readers_refuse_and_the_rerun_repai
     kill_inside(ds, "clcore", {"run_key": "cl_e", "_first": SMALL, **CLCORE}, "commit", tmp_path)
     cfg = fo_plugin.get_run_config(ds, "cl_e")
     assert cfg["status"] == "committing"
+    assert all(v is None for v in values(ds, "cl_e_score"))  # killed after the old values were cleared
     with pytest.raises(ValueError, match="'cl_e' was interrupted"):
         runs.require(ds, "cl_e", "clcore", "compute_clcore")
     from fo_plugin.export import curation_plan

@@ -59,7 +59,10 @@ class Backbone(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.proxy is not None:
             return self.proxy.features(x)
-        return self.net((x - self.mean) / self.std)
+        x = (x - self.mean) / self.std
+        if self.spec.kind == "torchscript":
+            x = x.contiguous()  # NCHW: a scripted model may reshape its input with .view (embed_array gives NHWC)
+        return self.net(x)
 
     def project(self, x: torch.Tensor) -> torch.Tensor:
         """The SSL projection output (proxy only); other backbones return their features."""
