@@ -19,6 +19,7 @@ import gc
 import numpy as np
 import pytest
 import torch
+from test_core_ekfac_fixes import Tiny  # the MLP encoder + projection head both files test on
 from torch import nn
 from torch.utils import data
 
@@ -35,24 +36,6 @@ from fo_plugin.core.influence import (
 )
 
 CPU = torch.device("cpu")
-
-
-class Tiny(nn.Module):
-    """An MLP encoder on 2x2-pooled 8x8 images plus a projection head (Linear layers with biases)."""
-
-    def __init__(self):
-        super().__init__()
-        torch.manual_seed(0)
-        self.pool = nn.AvgPool2d(2)
-        self.l1 = nn.Linear(48, 12)
-        self.l2 = nn.Linear(12, 6)
-        self.head = nn.Linear(6, 4)
-
-    def forward(self, x):
-        return self.l2(torch.tanh(self.l1(self.pool(x).flatten(1))))
-
-    def project(self, x):
-        return self.head(torch.relu(self(x)))
 
 
 class UInt8Images(data.Dataset):
