@@ -248,7 +248,7 @@ class Run:
     @property
     def _staging(self):
         """This run key's staging collection (see :meth:`write_columns`)."""
-        return self.dataset._sample_collection.database[_scratch_name(self.dataset, self.key)]
+        return _staging_collection(self.dataset, self.key)
 
     @property
     def artifacts(self) -> str:
@@ -312,8 +312,7 @@ class Run:
             if legacy:  # staged sample fields of a killed attempt of an earlier version
                 ds.delete_sample_fields(legacy)
             if legacy or not resumable:
-                self._staging.drop()  # a killed attempt's staged values (for other inputs, or an earlier version's)
-                self.dataset._sample_collection.database.drop_collection(self._staging.name + ".part")
+                _drop_staging(ds, self.key)  # a killed attempt's staged values (for other inputs, or an earlier version's)
                 resumable = False
             self.resumed = resumable
             if old is None or old.get("status") != "complete":
@@ -359,8 +358,7 @@ class Run:
         try:
             with dataset_lock(self.dataset) as ds:
                 if not keep_staged:
-                    self._staging.drop()
-                    self._staging.database.drop_collection(self._staging.name + ".part")
+                    _drop_staging(ds, self.key)
                 attempt = {"status": "failed", "fingerprint": self.fp, "error": error,
                            "failed": time.strftime("%Y-%m-%d %H:%M:%S")}
                 if ds.has_run(self.key) and get_config(ds, self.key).get("status") == "complete":
@@ -380,9 +378,9 @@ class Run:
 
         The values go into the run's staging collection, one small document per sample (a plain insert, ``chunk``
         documents at a time: bounded memory; a later call's values are merged into the same documents server-side).
-        No sample document is touched before :meth:`commit`, which moves every staged value in with one server-side
-        ``$merge``: each sample document is rewritten once for the whole run (before, staging fields in the sample
-        documents and their swap cost three passes over the samples). Values are validated and serialised by their
+        No sample document is touched before :meth:`commit`, which clears the run's old values with one server-side
+        ``$unset`` and moves every staged value in with one ``$merge`` (:meth:`_move_in`): two passes over the
+        samples for the whole run, where staging fields in the sample documents and their swap took three. Values are validated and serialised by their
         fields as ``set_values`` does. A None is not staged in a fresh attempt (a missing value reads as None, and
         most group / error fields are mostly None) and clears the value in a resumed one."""
         if not self.primary:  # only rank 0 of a distributed job writes
@@ -559,8 +557,7 @@ class Run:
         coll.update_many({"$or": [{name: {"$exists": True}} for name in final]},
                          {"$unset": {name: "" for name in final}, "$set": {"last_modified_at": now}})
         self._merge_staged(coll, now)
-        self._staging.drop()
-        self._staging.database.drop_collection(self._staging.name + ".part")
+        _drop_staging(ds, self.key)
         Sample._reload_docs(coll.name)  # in-memory samples see the new values (as set_values)
 
     def _merge_staged(self, coll, now) -> None:
@@ -611,15 +608,24 @@ def _scratch_name(dataset: fo.Dataset, key: str) -> str:
     return f"fo_ssl_scratch.{dataset._sample_collection_name}.{key}"
 
 
+def _staging_collection(dataset: fo.Dataset, key: str):
+    return dataset._sample_collection.database[_scratch_name(dataset, key)]
+
+
+def _drop_staging(dataset: fo.Dataset, key: str) -> None:
+    """Drop run ``key``'s staging collection and the part a killed :meth:`Run.write_columns` call may have left."""
+    for name in (_scratch_name(dataset, key), _scratch_name(dataset, key) + ".part"):
+        dataset._sample_collection.database.drop_collection(name)
+
+
 def staged_values(dataset: fo.Dataset, key: str, field_name: str, field=None) -> dict:
     """``{id: value}`` that the current attempt of run ``key`` has staged for ``field_name`` and not yet committed,
     read as ``field`` (default: the dataset's field of that name) reads them."""
     field = field if field is not None else dataset.get_field(field_name)
     if field is None:  # before a first run's commit the dataset does not declare it
         raise ValueError(f"field {field_name!r} is not declared on dataset {dataset.name!r} yet; pass field=")
-    staging = dataset._sample_collection.database[_scratch_name(dataset, key)]
     return {str(d["_id"]): field.to_python(d[field_name])
-            for d in staging.find({field_name: {"$ne": None}}, {field_name: 1})}
+            for d in _staging_collection(dataset, key).find({field_name: {"$ne": None}}, {field_name: 1})}
 
 
 def _make_field(name: str, ftype, kwargs: dict):
@@ -704,6 +710,5 @@ def delete_run(dataset: fo.Dataset, key: str, delete_fields: bool = True) -> Non
                 if ds.has_brain_run(brain_key):
                     ds.delete_brain_run(brain_key)
             ds.delete_run(key)
-            for name in (_scratch_name(ds, key), _scratch_name(ds, key) + ".part"):  # a killed attempt's leftovers
-                ds._sample_collection.database.drop_collection(name)
+            _drop_staging(ds, key)  # a killed attempt's leftovers
         shutil.rmtree(run_root(dataset, key), ignore_errors=True)
