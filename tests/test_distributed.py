@@ -80,11 +80,13 @@ def emb(ds):
 def test_torchrun_trains_and_embeds_as_one_process(ds, emb):
     two = torchrun(ds, "embeddings", "emb2", EMB)
     assert two["trained_proxy"] and two["num_embedded"] == N and two["num_failed"] == 1
-    # the same losses up to float summation order (the two processes' all-reduce and thread counts differ from one
-    # process's: measured differences 1e-6 to 2e-5 relative)
+    # the same losses up to float summation order. The samples' ids (random per dataset) pick the augmentations, so
+    # every run is a new draw: measured differences 5e-8 to 2e-5 relative over 15 draws here, 2.3e-4 in one draw on
+    # the CI machine (Adam's first steps normalise each gradient entry, so rounding in near-zero entries grows).
+    # Per-rank batch-norm statistics move the first batch's loss by 1.5-2%, per-rank negatives by 23-25% (measured).
     assert [h["loss"] for h in two["train_history"]] == pytest.approx([h["loss"] for h in emb["train_history"]],
-                                                                      rel=1e-4)
-    assert_same(ds, "emb1", "emb2", rtol=1e-3, atol=1e-4)  # trained weights agree to float rounding
+                                                                      rel=2e-3)
+    assert_same(ds, "emb1", "emb2", rtol=1e-2, atol=1e-3)  # trained weights agree up to that rounding
     errors = values(ds, "emb2_error")
     assert errors == values(ds, "emb1_error") and sum(e is not None for e in errors) == 1
     cfg1, cfg2 = fo_plugin.get_run_config(ds, "emb1"), fo_plugin.get_run_config(ds, "emb2")
