@@ -44,6 +44,8 @@ DECODED_PREFIX = "decoded-"  # temporary memmap folders (features.DecodedImages)
 CHUNKS = "chunks"  # per-chunk results (Run.chunk) in the artifact folder; removed at commit
 STAGING = "_ssl_staging"  # staged sample fields of earlier versions (removed where found); also a reserved suffix
 _KEY_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
+SCRATCH_PREFIX = "fo_ssl_scratch."  # + "<samples collection>.<run key>": a run's staging collection
+MAX_KEY_LEN = 64  # a run's staging collection is named after its key, and MongoDB caps a namespace at 255 bytes
 
 
 # ---------------------------------------------------------------------------------------------------------------- paths
@@ -63,10 +65,13 @@ def run_root(dataset: fo.Dataset, key: str) -> str:
 
 
 # ------------------------------------------------------------------------------------------------------------ validation
-def validate_name(name: str, what: str) -> str:
-    """Field names and run keys: letters, digits and underscores, starting with a letter."""
+def validate_name(name: str, what: str, max_len: int | None = None) -> str:
+    """Field names and run keys: letters, digits and underscores, starting with a letter (and at most ``max_len``
+    characters)."""
     if not isinstance(name, str) or not _KEY_RE.match(name) or STAGING in name:
         raise ValueError(f"{what} must be letters, digits and underscores (starting with a letter), got {name!r}")
+    if max_len is not None and len(name) > max_len:
+        raise ValueError(f"{what} must be at most {max_len} characters, got {len(name)}: {name[:20]}...")
     return name
 
 
@@ -211,7 +216,7 @@ class Run:
                  resumable: bool = False):
         self.samples = samples
         self.dataset: fo.Dataset = samples._dataset
-        self.key = validate_name(key, "run key")
+        self.key = validate_name(key, "run key", MAX_KEY_LEN)
         self.method = METHOD_PREFIX + method
         self.what = what or method.replace("_", " ")
         self.n = check_samples(samples, minimum, self.what)
@@ -314,6 +319,7 @@ class Run:
             if legacy or not resumable:
                 _drop_staging(ds, self.key)  # a killed attempt's staged values (for other inputs, or an earlier version's)
                 resumable = False
+            _drop_orphan_staging(ds)
             self.resumed = resumable
             if old is None or old.get("status") != "complete":
                 staging: list[str] = []  # (earlier versions listed staged sample fields here; removed above)
@@ -605,11 +611,23 @@ def save_arrays(path: str, arrays: dict[str, np.ndarray]) -> None:
 
 def _scratch_name(dataset: fo.Dataset, key: str) -> str:
     """The staging collection of run ``key`` (:meth:`Run.write_columns`; one per dataset and run key)."""
-    return f"fo_ssl_scratch.{dataset._sample_collection_name}.{key}"
+    return f"{SCRATCH_PREFIX}{dataset._sample_collection_name}.{key}"
 
 
 def _staging_collection(dataset: fo.Dataset, key: str):
     return dataset._sample_collection.database[_scratch_name(dataset, key)]
+
+
+def _drop_orphan_staging(dataset: fo.Dataset) -> None:
+    """Drop the staging collections of datasets that no longer exist (a killed run's, whose dataset was deleted
+    before any re-run could tidy it): nothing else would ever remove them."""
+    db = dataset._sample_collection.database
+    names = set(db.list_collection_names())
+    for name in names:
+        if name.startswith(SCRATCH_PREFIX):
+            parts = name[len(SCRATCH_PREFIX):].split(".")  # samples.<id>.<key>[.part]
+            if len(parts) >= 3 and ".".join(parts[:2]) not in names:
+                db.drop_collection(name)
 
 
 def _drop_staging(dataset: fo.Dataset, key: str) -> None:

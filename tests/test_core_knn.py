@@ -1,4 +1,5 @@
-"""kNN at scale: the tiled exact search equals brute force at any memory budget, the faiss indexes reach the
+"""kNN at scale: the exact search (faiss's brute force on CPU, the torch tiles on a GPU or without faiss) equals brute
+force, the tiles at any memory budget, the faiss indexes reach the
 recall targets on clustered data with planted near-copies, auto picks what its doc says, and the k-th-neighbour
 distances track exact ones."""
 
@@ -10,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from scipy.stats import spearmanr
 
+from fo_plugin.core import knn as knn_module
 from fo_plugin.core.knn import choose_method, exact_search, knn, kth_neighbour_distances
 
 faiss = pytest.importorskip("faiss")
@@ -38,8 +40,16 @@ def brute(x: torch.Tensor, k: int) -> tuple[np.ndarray, np.ndarray]:
     return top.indices.numpy(), top.values.numpy()
 
 
+@pytest.fixture(params=["faiss", "tiles"])
+def backend(request, monkeypatch):
+    """Exact search by faiss (the CPU default) or by the torch tiles (what a GPU runs; here on CPU)."""
+    if request.param == "tiles":
+        monkeypatch.setattr(knn_module, "_has_faiss", lambda: False)
+    return request.param
+
+
 @pytest.mark.parametrize("budget", [256 * 2**20, 4 * 40 * 50])  # one full-width block; ~44 x 45 tiles in both dims
-def test_exact_tiled_equals_brute_force(budget):
+def test_exact_search_equals_brute_force(budget, backend):
     x = torch.randn(300, 16, generator=torch.Generator().manual_seed(1))
     x[7] = 2 * x[3]  # an exact (cosine 1) duplicate: each must find the other, never itself
     i, s = knn(x, 7, method="exact", max_block_bytes=budget)
@@ -50,7 +60,7 @@ def test_exact_tiled_equals_brute_force(budget):
     assert i[3, 0] == 7 and i[7, 0] == 3 and not (i == np.arange(300)[:, None]).any()
 
 
-def test_exact_search_against_a_subset_excludes_only_self():
+def test_exact_search_against_a_subset_excludes_only_self(backend):
     x = F.normalize(torch.randn(200, 8, generator=torch.Generator().manual_seed(2)), dim=1)
     ref = np.arange(0, 200, 3)  # database = every third row; those rows must not find themselves
     i, s = exact_search(x, x[ref], 5, db_ids=ref, max_block_bytes=4 * 17 * 13)
@@ -91,8 +101,6 @@ def test_auto_selection_follows_the_doc():
 
 
 def test_auto_without_faiss_falls_back_to_exact_with_a_warning(monkeypatch):
-    import fo_plugin.core.knn as knn_module
-
     monkeypatch.setattr(knn_module, "_has_faiss", lambda: False)
     with pytest.warns(RuntimeWarning, match="faiss is not installed"):
         assert choose_method(20_001, "cpu") == "exact"

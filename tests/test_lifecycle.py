@@ -199,6 +199,24 @@ def test_an_interrupted_attempt_on_another_view_leaves_nothing_behind(vecs, monk
     assert set(vecs.exists("o_score").values("id")) == set(view_b.values("id"))
 
 
+def test_a_deleted_datasets_staging_is_dropped_and_an_overlong_run_key_refused(vecs):
+    db = vecs._sample_collection.database
+    gone = fo.Dataset()
+    gone.add_sample(fo.Sample(filepath="/nowhere/a.jpg"))
+    orphan, live = runs._scratch_name(gone, "o"), runs._scratch_name(vecs, "killed")
+    for name in (orphan, orphan + ".part", live):  # what killed runs left: one on a dataset deleted since
+        db[name].insert_one({"x": 1})
+    gone.delete()
+    fo_plugin.find_outliers(vecs, "o", image_stats=False)
+    names = db.list_collection_names()
+    assert orphan not in names and orphan + ".part" not in names
+    assert live in names  # a live dataset's killed run keeps its staged values (a re-run may resume them)
+    db.drop_collection(live)
+    with pytest.raises(ValueError, match="at most 64 characters"):
+        fo_plugin.find_outliers(vecs, "k" * 65, image_stats=False)
+    assert not vecs.has_sample_field("k" * 65 + "_score")
+
+
 def test_representative_policies_are_checked_before_anything_runs(vecs):
     with pytest.raises(ValueError, match="no CL-Core run 'clcore'"):
         fo_plugin.find_near_duplicates(vecs, "d", keep="clcore")

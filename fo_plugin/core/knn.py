@@ -1,7 +1,9 @@
 """Cosine k-nearest neighbours at scale: exact in memory-budgeted tiles, or an approximate faiss index on CPU.
 
-The exact path tiles queries x database so one similarity block never exceeds ``max_block_bytes`` (a running top-k
-is merged across database tiles), whatever N is; it runs on the device of the input tensor. On CPU, exact search is quadratic in N, so for large N ``method="auto"`` uses a faiss IVF-Flat index
+The exact path on a GPU tiles queries x database so one similarity block never exceeds ``max_block_bytes`` (a running
+top-k is merged across database tiles), whatever N is; on CPU it is faiss's brute-force search (its own bounded
+blocks; the torch tiles when faiss is missing). Exact search is quadratic in N, so on CPU for large N
+``method="auto"`` uses a faiss IVF-Flat index
 (k-means cells, ``nprobe`` cells searched per query), chosen over HNSW by measurement (``bench/bench_knn.py``,
 2 cores, N = 200k, 128-d clustered): IVF 96 s, recall@10 0.995, every planted copy found; HNSW (M=32, ef=64) 229 s,
 recall 0.985, 99.4% of copies; also less memory. Built once per embedding and shared by the duplicate and outlier
@@ -112,6 +114,8 @@ def exact_search(q: torch.Tensor, db: torch.Tensor, k: int, db_ids: np.ndarray |
     if db_ids is None:
         db_ids = np.arange(nd)
     k = min(k, nd - (1 if np.any((db_ids >= 0) & (db_ids < nq)) else 0))
+    if q.device.type == "cpu" and _has_faiss():
+        return _faiss_exact(q, db, k, db_ids)
     budget = max(max_block_bytes // 4, 1)  # floats per block
     rows = budget // nd
     if rows >= min(_MIN_ROWS, nq):
@@ -143,6 +147,26 @@ def exact_search(q: torch.Tensor, db: torch.Tensor, k: int, db_ids: np.ndarray |
             best_s, best_i = merged.values, cand_i.gather(1, merged.indices)
         out_i[qs:qe], out_s[qs:qe] = best_i.cpu(), best_s.float().cpu()
     return out_i.numpy(), out_s.numpy()
+
+
+def _faiss_exact(q: torch.Tensor, db: torch.Tensor, k: int, db_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`exact_search` on CPU by faiss's brute-force search (``faiss.knn``: BLAS blocks of bounded size, a heap
+    per query; no copy of the database): 1.4-1.8x faster than the torch tiles on 2 cores at N = 10k-20k, k = 10 and
+    300, same neighbours up to ties and similarities to 7e-7. Each query's own database row is searched past and
+    dropped (:func:`_drop_self`)."""
+    import faiss
+
+    nq, nd = len(q), len(db)
+    if k <= 0:
+        return np.zeros((nq, 0), dtype=np.int64), np.zeros((nq, 0), dtype=np.float32)
+    own = (db_ids >= 0) & (db_ids < nq)
+    self_ids = np.full(nq, -1, dtype=np.int64)  # the database row each query is (-1: none)
+    self_ids[db_ids[own]] = np.flatnonzero(own)
+    extra = int(own.any())
+    qc, dc = (np.ascontiguousarray(t.detach().float().numpy()) for t in (q, db))
+    sim, idx = faiss.knn(qc, dc, min(k + extra, nd), metric=faiss.METRIC_INNER_PRODUCT)
+    idx, sim = _drop_self(idx, sim, self_ids, k) if extra else (idx[:, :k], sim[:, :k])
+    return idx.astype(np.int64), sim.astype(np.float32)
 
 
 def build_index(z: torch.Tensor, method: str = "ivf", nlist: int | None = None, hnsw_m: int = 32):
