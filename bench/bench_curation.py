@@ -25,9 +25,10 @@ import numpy as np
 import torch
 
 import fo_plugin
-from fo_plugin.core.duplicates import aligned_pair_scores, embedding_candidates
+from fo_plugin.core.duplicates import embedding_candidates
 from fo_plugin.core.images import iter_decoded
 from fo_plugin.core.outliers import auroc, outlier_scores
+from fo_plugin.core.verify import aligned_pair_scores
 from fo_plugin.data import cifar10_files
 from fo_plugin.planted import plant_duplicates, plant_outliers
 

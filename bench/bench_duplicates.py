@@ -34,15 +34,9 @@ from PIL import Image
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from fo_plugin.core import transforms  # noqa: E402
-from fo_plugin.core.duplicates import (  # noqa: E402
-    DUPLICATE_THRESHOLD,
-    PIXEL_K,
-    aligned_pair_scores,
-    embedding_candidates,
-    gray_thumbnails,
-    pixel_candidates,
-)
+from fo_plugin.core.duplicates import DUPLICATE_THRESHOLD, PIXEL_K, embedding_candidates  # noqa: E402
 from fo_plugin.core.knn import knn  # noqa: E402
+from fo_plugin.core.verify import aligned_pair_scores, gray_thumbnails, pixel_candidates  # noqa: E402
 
 ZIP = os.path.join(os.environ.get("FO_SSL_SHARED_DATA", "/work/shared/data"), "cifar10", "cifar10-jpeg.zip")
 LABELS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "duplicate_labels.csv")

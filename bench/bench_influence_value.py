@@ -59,7 +59,7 @@ from torch import nn
 
 from fo_plugin.core import transforms
 from fo_plugin.core.backbones import Backbone, BackboneSpec
-from fo_plugin.core.duplicates import DUPLICATE_THRESHOLD, aligned_pair_scores, embedding_candidates
+from fo_plugin.core.duplicates import DUPLICATE_THRESHOLD, embedding_candidates
 from fo_plugin.core.ekfac import EKFAC
 from fo_plugin.core.embed import embed_array
 from fo_plugin.core.image_stats import image_stats
@@ -69,6 +69,7 @@ from fo_plugin.core.ood_images import KINDS, ood_group, ood_images
 from fo_plugin.core.outliers import auroc, outlier_scores
 from fo_plugin.core.rng import sample_keys
 from fo_plugin.core.train import TrainConfig, train_proxy
+from fo_plugin.core.verify import aligned_pair_scores
 
 CURVATURES = ("identity", "diagonal", "ekfac")
 

@@ -118,12 +118,9 @@ def _top_recall(ids: np.ndarray, is_out: np.ndarray, score: dict, times: int = 2
 
 def core_child(stage: str, n: int, seed: int) -> dict:
     """The numeric core of one of our stages on the benchmark's vectors (no FiftyOne): time, peak memory, recall."""
-    import torch
     from bench_knn import clustered
 
-    x, copy_of, is_out = clustered(n, seed=seed)
-    z = torch.as_tensor(x)
-    del x
+    z, copy_of, is_out = clustered(n, seed=seed)  # a numpy array: the near-duplicate and outlier cores need no torch
     t = time.perf_counter()
     out = {"stage": stage, "n": n}
     if stage == "core_dups":
@@ -138,8 +135,12 @@ def core_child(stage: str, n: int, seed: int) -> dict:
         out["recall"] = float(is_out[top[:2 * is_out.sum()]].sum() / is_out.sum())
         out["recall_2pct"] = float(is_out[top[:4 * is_out.sum()]].sum() / is_out.sum())
     elif stage == "core_clcore":
+        import torch
+
         from fo_plugin.core.clcore import select
         from fo_plugin.core.kmeans import kmeans
+
+        z = torch.as_tensor(z)
         labels = kmeans(torch.nn.functional.normalize(z, dim=1), 50, 0)[0].numpy()
         select(z[None], labels, int(0.8 * n))
     else:

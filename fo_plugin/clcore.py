@@ -151,7 +151,7 @@ def compute_clcore(
         errors: dict[str, str] = {}
         if embeddings_field:
             z, ok, errors = field_vectors(samples, embeddings_field, ids)
-            z = z.to(dev)
+            z = torch.as_tensor(z).to(dev)
         else:
             net, aug = load_run_model(dataset, embeddings_run, dev)
             z, ok, errs = project_views(net, paths, keys, num_views, aug, seed, dev, batch_size,

@@ -10,20 +10,12 @@ import uuid
 
 import fiftyone as fo
 import numpy as np
-import torch
 from fiftyone import ViewField as F
 
 from . import params, runs
-from .core.duplicates import (
-    DUPLICATE_THRESHOLD,
-    PIXEL_K,
-    aligned_pair_scores,
-    embedding_candidates,
-    groups,
-    pixel_candidates,
-    representatives,
-)
+from .core.duplicates import DUPLICATE_THRESHOLD, PIXEL_K, embedding_candidates, groups, representatives
 from .core.hashing import array_hash, file_hash, hash_groups, pixel_hash
+from .core.knn import unit_rows
 from .core.splits import leaky_fractions, leaky_groups
 from .features import DecodedImages, canonical, field_vectors, take_rows
 from .progress import ProgressArg, reporter
@@ -122,10 +114,10 @@ def find_near_duplicates(
     hashing (group kind ``"exact"``; byte-identical files whether or not they have an embedding). A near-duplicate
     pair is reported when the two samples are candidates (among each other's ``k`` nearest SSL neighbours with
     cosine >= ``threshold``, or, with the pixel check, among each other's ``pixel_k`` nearest by aligned 8 x 8 luma
-    windows: :func:`fo_plugin.core.duplicates.pixel_candidates`, for the shifted and cropped copies the embedding
+    windows: :func:`fo_plugin.core.verify.pixel_candidates`, for the shifted and cropped copies the embedding
     ranks too far) and the aligned comparison of their 32x32 luma thumbnails (best shift, zoom,
     flip and small rotation; layout and local detail must agree, see
-    :func:`fo_plugin.core.duplicates.aligned_pair_scores`) scores >= ``verify_threshold`` (None: the embedding
+    :func:`fo_plugin.core.verify.aligned_pair_scores`) scores >= ``verify_threshold`` (None: the embedding
     alone decides), and, with ``influence_run``, the cosine of their influence gradients >= ``influence_threshold``.
 
     Args:
@@ -194,6 +186,11 @@ def find_near_duplicates(
             progress(0.3, f"{len(cand)} candidate pairs")
             evidence = {"cosine": cand[:, 2]}
         else:
+            from .core.verify import (  # (torch: not needed without the pixel check)
+                aligned_pair_scores,
+                pixel_candidates,
+            )
+
             with DecodedImages(vpaths, vids, 32, run.artifacts) as thumbs:  # a uint8 memmap, read chunk by chunk
                 for r, key in _identical_pixels(thumbs, vpaths).items():
                     pixel_keys[int(valid[r])] = key
@@ -214,8 +211,8 @@ def find_near_duplicates(
         confirmed = score >= (verify_threshold if verify_threshold is not None else -np.inf)
         if influence_run:
             sig = _influence_signature(dataset, influence_run, vids)
-            i, j = (torch.as_tensor(cand[:, c]).long() for c in (0, 1))
-            evidence["influence"] = (sig[i] * sig[j]).sum(1).double().numpy()
+            i, j = (cand[:, c].astype(np.int64) for c in (0, 1))
+            evidence["influence"] = np.einsum("ij,ij->i", sig[i], sig[j]).astype(np.float64)
             confirmed &= evidence["influence"] >= influence_threshold
         pairs = cand[confirmed]
         evidence = {name: v[confirmed] for name, v in evidence.items()}
@@ -361,16 +358,16 @@ def _identical_pixels(thumbs: DecodedImages, paths: list[str]) -> dict[int, str]
     return {r: h for r, k in keys.items() if counts[k] > 1 and (h := pixel_hash(paths[r])) is not None}
 
 
-def _influence_signature(dataset, influence_run: str, ids: list[str]) -> torch.Tensor:
+def _influence_signature(dataset, influence_run: str, ids: list[str]) -> np.ndarray:
     """Unit-norm influence gradient sketches of ``ids`` (zeros for samples the influence run did not score)."""
     cfg = runs.require(dataset, influence_run, "ssl_influence", "compute_ssl_influence")
     path = os.path.join(cfg["artifacts"], "grad_sketch.npy")
     if not os.path.isfile(path):
         raise ValueError(f"influence run {influence_run!r} kept no gradient sketch (project_dim=0)")
-    z = torch.nn.functional.normalize(torch.as_tensor(np.load(path)).float(), dim=1)
+    z = unit_rows(np.load(path))
     with open(os.path.join(cfg["artifacts"], "grad_sketch_ids.txt")) as fh:
         row = {sid: i for i, sid in enumerate(fh.read().split("\n"))}
-    out = torch.zeros(len(ids), z.shape[1])
+    out = np.zeros((len(ids), z.shape[1]), np.float32)
     have = [n for n, i in enumerate(ids) if i in row]
     out[have] = z[[row[ids[n]] for n in have]]
     return out

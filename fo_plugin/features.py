@@ -7,20 +7,23 @@ import io
 import os
 import tempfile
 import zlib
+from typing import TYPE_CHECKING
 
 import fiftyone as fo
 import fiftyone.core.utils as fou
 import numpy as np
-import torch
 
 from . import runs
-from .core import distributed, rng
-from .core.augment import AugmentConfig
-from .core.backbones import Backbone, load_backbone
-from .core.embed import embed_array
+from .core import rng
 from .core.fingerprint import fingerprint
 from .core.images import iter_decoded, to_float
 from .core.vectors import valid_rows
+
+if TYPE_CHECKING:  # the model-side helpers import torch when called: reading vectors and ids needs none
+    import torch
+
+    from .core.augment import AugmentConfig
+    from .core.backbones import Backbone
 
 
 class DecodedImages:
@@ -65,7 +68,7 @@ class DecodedImages:
 def canonical(samples: fo.core.collections.SampleCollection) -> tuple[list[str], list[str]]:
     """``(ids, filepaths)`` of ``samples`` sorted by (hash of id, id): the same order for any view order."""
     ids, paths = samples.values(["id", "filepath"])
-    keys = rng.sample_keys(ids).tolist()
+    keys = [rng.sample_key(i) for i in ids]
     order = sorted(range(len(ids)), key=lambda i: (keys[i], ids[i]))
     return [ids[i] for i in order], [paths[i] for i in order]
 
@@ -78,6 +81,9 @@ def embeddings_run_config(dataset: fo.Dataset, run_key: str) -> dict:
 def load_run_model(dataset: fo.Dataset, run_key: str, device: torch.device) -> tuple[Backbone, AugmentConfig]:
     """The backbone of an embeddings run (the proxy with its projection head) and the augmentations it was
     trained with (SimCLR defaults at the model's input size when the run trained nothing)."""
+    from .core.augment import AugmentConfig
+    from .core.backbones import load_backbone
+
     cfg = embeddings_run_config(dataset, run_key)
     net = load_backbone(cfg["backbone"]).to(device).eval()
     train = cfg.get("train") or {}
@@ -99,6 +105,11 @@ def project_views(net: Backbone, paths: list[str], keys: torch.Tensor, num_views
     Returns:
         ``(z, ok, errors)``: z on ``device`` with zero rows where decoding failed, the success mask, the messages.
     """
+    import torch
+
+    from .core import distributed
+    from .core.embed import embed_array
+
     fn = net.project if project else net
     chunks, oks, errors = [], [np.zeros(0, dtype=bool)], []
     mine = distributed.shard(len(paths))
@@ -166,8 +177,8 @@ def _decode(data: bytes, cache: dict) -> np.ndarray:
 
 
 def field_vectors(samples: fo.core.collections.SampleCollection, field: str, ids: list[str],
-                  chunk: int = VALUES_CHUNK) -> tuple[torch.Tensor, np.ndarray, dict[str, str]]:
-    """Stored vectors of ``field`` in the order of ``ids`` as (1, N, D), the mask of usable rows, and why each
+                  chunk: int = VALUES_CHUNK) -> tuple[np.ndarray, np.ndarray, dict[str, str]]:
+    """Stored vectors of ``field`` in the order of ``ids`` as a float32 array (1, N, D), the mask of usable rows, and why each
     unusable sample was rejected (no value, wrong dimension, NaN / inf, all zero): a bad vector is never
     propagated into a score. The field's run, when one of ours wrote it, must be complete. Read ``chunk``
     samples at a time into one float32 array: memory is the (N, D) array plus one chunk, whatever N is."""
@@ -210,15 +221,19 @@ def field_vectors(samples: fo.core.collections.SampleCollection, field: str, ids
         rejected[ids[n]] = f"{field!r} holds a NaN / inf or all-zero vector"
     ok &= ~bad
     z[~ok] = 0
-    return torch.as_tensor(z)[None], ok, rejected
+    return z[None], ok, rejected
 
 
-def take_rows(z: torch.Tensor, rows: np.ndarray) -> torch.Tensor:
+def take_rows(z: np.ndarray | torch.Tensor, rows: np.ndarray) -> np.ndarray | torch.Tensor:
     """Rows ``rows`` of (..., N, D) ``z`` (along the sample dimension); ``z`` itself when they are all N in order:
     no copy of an (N, D) array that may be gigabytes (the usual case: every sample has a vector)."""
     rows = np.asarray(rows)
     if len(rows) == z.shape[-2] and np.array_equal(rows, np.arange(len(rows))):
         return z
+    if isinstance(z, np.ndarray):
+        return z[..., rows, :]
+    import torch
+
     return z[..., torch.as_tensor(rows, device=z.device), :]
 
 

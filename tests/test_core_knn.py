@@ -70,6 +70,18 @@ def test_exact_search_against_a_subset_excludes_only_self(backend):
     assert not (ref[i] == np.arange(200)[:, None]).any()
 
 
+def test_exact_search_excludes_every_database_row_of_a_query(backend):
+    g = torch.Generator().manual_seed(3)
+    x = F.normalize(torch.randn(60, 8, generator=g), dim=1)
+    db = F.normalize(torch.cat([x, x + 0.05 * torch.randn(60, 8, generator=g), -x]), dim=1)  # 3 rows per query
+    db_ids = np.tile(np.arange(60), 3)  # (the warps of a window search: each query's own rows rank first)
+    i, s = exact_search(x, db, 5, db_ids=db_ids)
+    assert not (db_ids[i] == np.arange(60)[:, None]).any()
+    full = x @ db.T
+    full[torch.as_tensor(db_ids) == torch.arange(60)[:, None]] = -float("inf")
+    np.testing.assert_allclose(s, full.topk(5, dim=1).values.numpy(), atol=1e-5)
+
+
 @pytest.fixture(scope="module")
 def data():
     """20k centred clustered rows (as the duplicate and outlier scores call knn) and their exact top-300."""

@@ -13,9 +13,10 @@ import torch
 from PIL import Image
 
 from fo_plugin.core import transforms
-from fo_plugin.core.duplicates import DUPLICATE_THRESHOLD, aligned_pair_scores, gray_thumbnails
+from fo_plugin.core.duplicates import DUPLICATE_THRESHOLD
 from fo_plugin.core.hashing import file_hash, hash_groups
 from fo_plugin.core.knn import knn
+from fo_plugin.core.verify import aligned_pair_scores, gray_thumbnails
 
 ZIP = os.path.join(os.environ.get("FO_SSL_SHARED_DATA", "/work/shared/data"), "cifar10", "cifar10-jpeg.zip")
 
@@ -98,7 +99,8 @@ def test_pixel_candidates_find_reframed_copies_that_fixed_pixels_miss():
     pixel-window candidates (the warp search: 9 shifts x 2 zooms x mirror), which a fixed-position kNN misses."""
     if not os.path.exists(ZIP):
         pytest.skip("CIFAR-10 zip not available")
-    from fo_plugin.core.duplicates import candidate_pairs, pixel_candidates
+    from fo_plugin.core.duplicates import candidate_pairs
+    from fo_plugin.core.verify import pixel_candidates
 
     classes = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
     pop = np.concatenate([_cifar(c, 200, 20) for c in classes])  # (200, 32, 32, 3)
@@ -144,8 +146,12 @@ def test_embedding_candidates_unite_extra_pairs_with_their_cosine():
 def test_unit_rows_copies_only_what_is_not_unit():
     from fo_plugin.core.knn import unit_rows
 
-    x = torch.nn.functional.normalize(torch.randn(100, 16), dim=1)
+    t = torch.nn.functional.normalize(torch.randn(100, 16), dim=1)
+    x = t.numpy()
     assert unit_rows(x) is x
+    assert np.shares_memory(unit_rows(t), x)  # a CPU tensor is read in place, as an array
     y = x * 3
-    assert unit_rows(y) is not y and torch.allclose(unit_rows(y), x, atol=1e-6)
-    assert torch.equal(unit_rows(torch.zeros(2, 4)), torch.zeros(2, 4))  # zero rows stay zero
+    assert unit_rows(y) is not y and np.allclose(unit_rows(y), x, atol=1e-6)
+    assert np.array_equal(unit_rows(np.zeros((2, 4), np.float32)), np.zeros((2, 4)))  # zero rows stay zero
+    c = unit_rows(y, centre=True)
+    assert np.allclose(c, torch.nn.functional.normalize(torch.as_tensor(y - y.mean(0)), dim=1).numpy(), atol=1e-6)

@@ -1,5 +1,12 @@
 """Bulk FiftyOne I/O: vector fields read in chunks (decoded fast) give exactly the stored vectors, and a run's
-several fields written in one pass read back as written (None left unset)."""
+several fields written in one pass read back as written (None left unset), and the embedding-level stages need no
+torch."""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
 
 import fiftyone as fo
 import fiftyone.core.utils as fou
@@ -48,9 +55,10 @@ def test_chunked_read_in_any_view_order_gives_the_stored_vectors_and_rejections(
         assert "dimension 9" in rejected[ids[7]] and "no value" in rejected[ids[11]]
         row = {i: n for n, i in enumerate(order)}
         good = [n for n in range(60) if n not in (3, 7, 11)]
-        assert np.allclose(z[0, [row[ids[n]] for n in good]].numpy(), x[good], atol=1e-6)
+        assert isinstance(z, np.ndarray) and z.dtype == np.float32
+        assert np.allclose(z[0, [row[ids[n]] for n in good]], x[good], atol=1e-6)
         assert ok.sum() == 57 and not ok[row[ids[3]]]
-    assert np.array_equal(whole[0].numpy(), chunked[0].numpy())
+    assert np.array_equal(whole[0], chunked[0])
 
 
 def test_write_columns_stages_all_fields_in_one_pass_and_leaves_none_unset(vec_dataset):
@@ -148,3 +156,35 @@ def test_a_first_run_that_fails_inside_its_commit_owns_its_fields_and_the_rerun_
     assert ds.values("c5_a") == [2.0] * len(ids)
     runs.delete_run(ds, "cols5")
     assert "c5_a" not in ds.get_field_schema()
+
+
+def test_embedding_level_stages_run_without_torch(tmp_path):
+    """Near-duplicates from an embedding and outliers never import torch (0.45 GB of a process's memory): run in a
+    fresh process on a stored field with a planted copy and a planted outlier, both found."""
+    rng = np.random.default_rng(0)
+    centres = rng.standard_normal((8, 32))
+    x = (centres[rng.integers(0, 8, 400)] + 0.3 * rng.standard_normal((400, 32))).astype(np.float32)
+    x[1] = x[0] + 0.001 * rng.standard_normal(32).astype(np.float32)  # a near-copy of sample 0
+    x[2] = 6 * rng.standard_normal(32).astype(np.float32)  # far from every cluster
+    ds = fo.Dataset(persistent=True)
+    try:
+        ds.add_samples([fo.Sample(filepath=f"/nonexistent/{i}.jpg", emb=x[i]) for i in range(400)], progress=False)
+        script = textwrap.dedent(f"""
+            import json, sys
+            import fiftyone as fo, fo_plugin
+            ds = fo.load_dataset({ds.name!r})
+            fo_plugin.find_near_duplicates(ds, "d", embeddings_field="emb", verify_threshold=None)
+            fo_plugin.find_outliers(ds, "o", embeddings_field="emb", image_stats=False)
+            print(json.dumps({{"torch": "torch" in sys.modules}}))
+        """)
+        out = subprocess.run([sys.executable, "-c", script], env=dict(os.environ), capture_output=True, text=True,
+                             timeout=300, check=True).stdout
+        assert json.loads(out.strip().splitlines()[-1]) == {"torch": False}
+        ds.reload()
+        rows = ds.values("filepath")
+        order = [int(os.path.basename(p).split(".")[0]) for p in rows]
+        group, score = dict(zip(order, ds.values("d_group"))), dict(zip(order, ds.values("o_score")))
+        assert group[0] is not None and group[0] == group[1]
+        assert score[2] == max(score.values())
+    finally:
+        ds.delete()

@@ -5,15 +5,20 @@ from __future__ import annotations
 
 import hashlib
 import json
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
-from torch import nn
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
 
 _CHUNK = 1 << 24  # rows of a large array are hashed in ~16 MB pieces (memmaps are never loaded whole)
 
 
 def _update_tensor(h, t: torch.Tensor) -> None:
+    import torch
+
     t = t.detach().cpu().contiguous()
     h.update(f"{t.dtype}{tuple(t.shape)}".encode())
     h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
@@ -21,6 +26,8 @@ def _update_tensor(h, t: torch.Tensor) -> None:
 
 def model_fingerprint(module: nn.Module) -> str:
     """sha256 (hex) of a module's state dict: names, dtypes, shapes and bytes of every tensor, in name order."""
+    import torch
+
     h = hashlib.sha256()
     for name, t in sorted(module.state_dict().items()):
         h.update(name.encode())

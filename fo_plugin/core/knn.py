@@ -2,7 +2,9 @@
 
 The exact path on a GPU tiles queries x database so one similarity block never exceeds ``max_block_bytes`` (a running
 top-k is merged across database tiles), whatever N is; on CPU it is faiss's brute-force search (its own bounded
-blocks; the torch tiles when faiss is missing). Exact search is quadratic in N, so on CPU for large N
+blocks; the torch tiles when faiss is missing). CPU work is done on numpy arrays (a CPU tensor is read in place,
+without a copy), so the embedding-level stages never import torch. Exact search is quadratic in N, so on CPU for
+large N
 ``method="auto"`` uses a faiss IVF-Flat index
 (k-means cells, ``nprobe`` cells searched per query), chosen over HNSW by measurement (``bench/bench_knn.py``,
 2 cores, N = 200k, 128-d clustered): IVF 96 s, recall@10 0.995, every planted copy found; HNSW (M=32, ef=64) 229 s,
@@ -14,10 +16,12 @@ from __future__ import annotations
 
 import math
 import warnings
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
-import torch.nn.functional as F
+
+if TYPE_CHECKING:
+    import torch
 
 METHODS = ("auto", "exact", "ivf", "hnsw")
 EXACT_MAX_N_CPU = 20_000  # auto: exact on CPU up to this N, IVF above (bench_knn, 2 cores, d=128: IVF 1.6x faster at
@@ -31,12 +35,13 @@ MAX_BLOCK_BYTES = 256 * 2**20  # one float32 similarity block
 _MIN_ROWS = 1024  # below this many query rows per full-width block, the database dimension is tiled too
 
 
-def knn(x: torch.Tensor, k: int, method: str = "auto", max_block_bytes: int = MAX_BLOCK_BYTES,
+def knn(x: np.ndarray | torch.Tensor, k: int, method: str = "auto", max_block_bytes: int = MAX_BLOCK_BYTES,
         nprobe: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """The ``k`` most cosine-similar other rows of each row.
 
     Args:
-        x: (N, D) embeddings (any scale; rows are normalised here). A CUDA tensor is searched on its GPU.
+        x: (N, D) embeddings (any scale; rows are normalised here): an array, or a tensor (a CUDA one is searched on
+            its GPU).
         k: neighbours per row (clamped to N - 1).
         method ("auto"): ``"exact"`` (tiled brute force on ``x``'s device), ``"ivf"`` (faiss IVF-Flat, CPU),
             ``"hnsw"`` (faiss HNSW, CPU), or ``"auto"``: exact on a GPU, exact on CPU when N <= 20,000 or faiss is
@@ -53,20 +58,33 @@ def knn(x: torch.Tensor, k: int, method: str = "auto", max_block_bytes: int = MA
     k = max(0, min(k, n - 1))
     if k == 0:
         return np.zeros((n, 0), dtype=np.int64), np.zeros((n, 0), dtype=np.float32)
-    method = choose_method(n, x.device, method)
     z = unit_rows(x)  # (N, D)
+    method = choose_method(n, _device(z), method)
     if method == "exact":
         return exact_search(z, z, k, db_ids=None, max_block_bytes=max_block_bytes)
     index = build_index(z, method)
     return index_search(index, z, k, nprobe=nprobe, self_ids=np.arange(n))
 
 
-def unit_rows(x: torch.Tensor, centre: bool = False, in_place: bool = False) -> torch.Tensor:
+def unit_rows(x: np.ndarray | torch.Tensor, centre: bool = False, in_place: bool = False) -> np.ndarray | torch.Tensor:
     """``x`` as float32 unit rows, centred on the mean row first when ``centre`` (cosines among centred rows:
-    post-ReLU features all point one way). No (N, D) copy when it can be avoided: ``x`` itself when its rows are
-    unit already (to 1e-5, above float32 rounding of normalised rows; cosines then within 2e-5) and no centring is
-    asked; with ``in_place``, a float32 ``x`` is centred and normalised in place (for a caller that no longer needs
-    it: 0.5 GB at 1M x 128). Zero rows stay zero."""
+    post-ReLU features all point one way): a numpy array for an array or a CPU tensor (sharing its memory), a tensor
+    on a GPU. No (N, D) copy when it can be avoided: ``x`` itself when its rows are unit already (to 1e-5, above
+    float32 rounding of normalised rows; cosines then within 2e-5) and no centring is asked; with ``in_place``, a
+    float32 ``x`` is centred and normalised in place (for a caller that no longer needs it: 0.5 GB at 1M x 128).
+    Zero rows stay zero."""
+    x = _cpu_array(x)
+    if isinstance(x, np.ndarray):
+        if centre:
+            mean = x.mean(0, keepdims=True, dtype=np.float64).astype(np.float32)
+            x, in_place = (np.subtract(x, mean, out=x) if in_place else x - mean), True  # our own copy from here on
+        elif len(x) and bool((np.abs(np.sqrt(np.einsum("ij,ij->i", x, x)) - 1) < 1e-5).all()):
+            return x
+        norms = np.maximum(np.sqrt(np.einsum("ij,ij->i", x, x)), 1e-12)[:, None]  # no (N, D) temporary
+        return np.divide(x, norms, out=x) if in_place else x / norms
+    import torch
+    import torch.nn.functional as F
+
     x = x.float()
     if centre:
         mean = x.mean(0, keepdim=True)
@@ -78,6 +96,19 @@ def unit_rows(x: torch.Tensor, centre: bool = False, in_place: bool = False) -> 
     return F.normalize(x, dim=1)
 
 
+def _cpu_array(x):
+    """CPU data as a float32 numpy array (a float32 CPU tensor's own memory, no copy); a GPU tensor as it is."""
+    if isinstance(x, np.ndarray):
+        return x.astype(np.float32, copy=False)
+    if x.device.type == "cpu":
+        return x.detach().float().numpy()
+    return x
+
+
+def _device(x) -> str:
+    return "cpu" if isinstance(x, np.ndarray) else x.device.type
+
+
 def choose_method(n: int, device: torch.device | str = "cpu", method: str = "auto",
                   exact_max_n: int = EXACT_MAX_N_CPU) -> str:
     """What ``method="auto"`` resolves to for N rows on ``device`` (other methods are returned as given): exact on a
@@ -86,7 +117,7 @@ def choose_method(n: int, device: torch.device | str = "cpu", method: str = "aut
         raise ValueError(f"method must be one of {METHODS}, not {method!r}")
     if method != "auto":
         return method
-    if torch.device(device).type != "cpu" or n <= exact_max_n:
+    if str(device).split(":")[0] != "cpu" or n <= exact_max_n:
         return "exact"
     if not _has_faiss():
         warnings.warn(f"faiss is not installed: exact kNN over {n:,} samples on CPU (quadratic in N; slow above "
@@ -96,12 +127,12 @@ def choose_method(n: int, device: torch.device | str = "cpu", method: str = "aut
     return "ivf"
 
 
-def exact_search(q: torch.Tensor, db: torch.Tensor, k: int, db_ids: np.ndarray | None = None,
+def exact_search(q: np.ndarray | torch.Tensor, db: np.ndarray | torch.Tensor, k: int, db_ids: np.ndarray | None = None,
                  max_block_bytes: int = MAX_BLOCK_BYTES) -> tuple[np.ndarray, np.ndarray]:
     """Exact top-k inner products of each query row against the database, in tiles within a memory budget.
 
     Args:
-        q: (Nq, D) queries, db: (Nd, D) database (unit rows for cosines), same device.
+        q: (Nq, D) queries, db: (Nd, D) database (unit rows for cosines): arrays, or tensors on one device.
         db_ids: (Nd,) the query row each database row is (its self-match is excluded); None when ``db is q``
             (row i excludes row i). Database rows that are no query: any id outside [0, Nq).
         max_block_bytes: budget of one (rows x cols) float32 block: full database width while that leaves at least
@@ -114,8 +145,11 @@ def exact_search(q: torch.Tensor, db: torch.Tensor, k: int, db_ids: np.ndarray |
     if db_ids is None:
         db_ids = np.arange(nd)
     k = min(k, nd - (1 if np.any((db_ids >= 0) & (db_ids < nq)) else 0))
-    if q.device.type == "cpu" and _has_faiss():
-        return _faiss_exact(q, db, k, db_ids)
+    if _device(q) == "cpu" and _has_faiss():
+        return _faiss_exact(_cpu_array(q), _cpu_array(db), k, np.asarray(db_ids))
+    import torch
+
+    q, db = torch.as_tensor(q), torch.as_tensor(db)
     budget = max(max_block_bytes // 4, 1)  # floats per block
     rows = budget // nd
     if rows >= min(_MIN_ROWS, nq):
@@ -149,33 +183,38 @@ def exact_search(q: torch.Tensor, db: torch.Tensor, k: int, db_ids: np.ndarray |
     return out_i.numpy(), out_s.numpy()
 
 
-def _faiss_exact(q: torch.Tensor, db: torch.Tensor, k: int, db_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _faiss_exact(q: np.ndarray, db: np.ndarray, k: int, db_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """:func:`exact_search` on CPU by faiss's brute-force search (``faiss.knn``: BLAS blocks of bounded size, a heap
     per query; no copy of the database): 1.4-1.8x faster than the torch tiles on 2 cores at N = 10k-20k, k = 10 and
-    300, same neighbours up to ties and similarities to 7e-7. Each query's own database row is searched past and
-    dropped (:func:`_drop_self`)."""
+    300, same neighbours up to ties and similarities to 7e-7. A query's own database rows (one, or several: the
+    warps of a window search) are searched past and dropped."""
     import faiss
 
     nq, nd = len(q), len(db)
     if k <= 0:
         return np.zeros((nq, 0), dtype=np.int64), np.zeros((nq, 0), dtype=np.float32)
     own = (db_ids >= 0) & (db_ids < nq)
-    self_ids = np.full(nq, -1, dtype=np.int64)  # the database row each query is (-1: none)
-    self_ids[db_ids[own]] = np.flatnonzero(own)
-    extra = int(own.any())
-    qc, dc = (np.ascontiguousarray(t.detach().float().numpy()) for t in (q, db))
-    sim, idx = faiss.knn(qc, dc, min(k + extra, nd), metric=faiss.METRIC_INNER_PRODUCT)
-    idx, sim = _drop_self(idx, sim, self_ids, k) if extra else (idx[:, :k], sim[:, :k])
-    return idx.astype(np.int64), sim.astype(np.float32)
+    extra = int(np.bincount(db_ids[own]).max()) if own.any() else 0  # most database rows one query is
+    sim, idx = faiss.knn(np.ascontiguousarray(q), np.ascontiguousarray(db), min(k + extra, nd),
+                         metric=faiss.METRIC_INNER_PRODUCT)
+    if extra == 1:  # one row each: the fast path
+        self_ids = np.full(nq, -1, dtype=np.int64)
+        self_ids[db_ids[own]] = np.flatnonzero(own)
+        idx, sim = _drop_self(idx, sim, self_ids, k)
+    elif extra > 1:
+        is_self = (idx >= 0) & (db_ids[np.maximum(idx, 0)] == np.arange(nq)[:, None])
+        order = np.argsort(is_self, axis=1, kind="stable")[:, :k]  # the others first, in rank order
+        idx, sim = np.take_along_axis(idx, order, 1), np.take_along_axis(sim, order, 1)
+    return idx[:, :k].astype(np.int64), sim[:, :k].astype(np.float32)
 
 
-def build_index(z: torch.Tensor, method: str = "ivf", nlist: int | None = None, hnsw_m: int = 32):
+def build_index(z: np.ndarray | torch.Tensor, method: str = "ivf", nlist: int | None = None, hnsw_m: int = 32):
     """A faiss inner-product index over the unit rows of ``z`` (N, D): ``"ivf"`` (IVF-Flat, ``nlist`` cells,
     default ~4 sqrt(N), k-means of ``IVF_TRAIN_ITERS`` iterations on at most ``IVF_TRAIN_POINTS`` points a cell)
     or ``"hnsw"`` (HNSW, ``hnsw_m`` links a node)."""
     import faiss
 
-    zc = np.ascontiguousarray(z.detach().float().cpu().numpy())  # (N, D)
+    zc = np.ascontiguousarray(to_numpy(z))  # (N, D)
     n, d = zc.shape
     if method == "hnsw":
         index = faiss.IndexHNSWFlat(d, hnsw_m, faiss.METRIC_INNER_PRODUCT)
@@ -195,7 +234,7 @@ def build_index(z: torch.Tensor, method: str = "ivf", nlist: int | None = None, 
     return index
 
 
-def index_search(index, q: torch.Tensor, k: int, nprobe: int | None = None,
+def index_search(index, q: np.ndarray | torch.Tensor, k: int, nprobe: int | None = None,
                  self_ids: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Top-k of unit query rows ``q`` (Nq, D) in a :func:`build_index` index; ``self_ids`` (Nq,) = the index row
     each query is (excluded). ``nprobe``: IVF cells per query (default: 16, or enough cells to hold ~4 k rows) or
@@ -203,7 +242,7 @@ def index_search(index, q: torch.Tensor, k: int, nprobe: int | None = None,
     (default max(64, 2k)). Returns int64 (Nq, k) indices (-1 = not found) and float32 similarities, best first."""
     import faiss
 
-    qc = np.ascontiguousarray(q.detach().float().cpu().numpy())
+    qc = np.ascontiguousarray(to_numpy(q))
     extra = 0 if self_ids is None else 1
     if isinstance(index, faiss.IndexHNSWFlat):
         params = faiss.SearchParametersHNSW(efSearch=max(nprobe or 64, 2 * (k + extra)))
@@ -217,7 +256,7 @@ def index_search(index, q: torch.Tensor, k: int, nprobe: int | None = None,
     return idx.astype(np.int64), sim
 
 
-def kth_neighbour_distances(x: torch.Tensor, ks: tuple[int, ...] | list[int], method: str = "auto",
+def kth_neighbour_distances(x: np.ndarray | torch.Tensor, ks: tuple[int, ...] | list[int], method: str = "auto",
                             nprobe: int | None = None, chunk: int = 8192,
                             max_block_bytes: int = MAX_BLOCK_BYTES) -> dict[int, np.ndarray]:
     """Cosine distance of every row to its k-th nearest other row, for each k in ``ks`` (e.g. up to 300).
@@ -242,8 +281,8 @@ def kth_neighbour_distances(x: torch.Tensor, ks: tuple[int, ...] | list[int], me
     if n < 2:
         return {k: np.zeros(n, np.float32) for k in ks}
     kmax = ks[-1]
-    method = choose_method(n, x.device, method)
     z = unit_rows(x)  # (N, D)
+    method = choose_method(n, _device(z), method)
     index = None
     if method != "exact":
         index = build_index(z, method)
@@ -273,6 +312,12 @@ def _drop_self(idx: np.ndarray, sim: np.ndarray, self_ids: np.ndarray, k: int) -
         out_i[rest] = np.take_along_axis(idx[rest], order, 1)
         out_s[rest] = np.take_along_axis(sim[rest], order, 1)
     return out_i, out_s
+
+
+def to_numpy(x) -> np.ndarray:
+    """float32 numpy rows of an array or a tensor on any device (faiss works on host memory)."""
+    x = _cpu_array(x)
+    return x if isinstance(x, np.ndarray) else x.detach().float().cpu().numpy()
 
 
 def _has_faiss() -> bool:

@@ -28,10 +28,14 @@ w_f * max(0, z - ``GROUP_Z``) to the Fisher sum, z the largest robust z of its t
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
-import torch
 
 from .knn import kth_neighbour_distances, unit_rows
+
+if TYPE_CHECKING:
+    import torch
 
 SCALES = (10, 30, 100, 300)
 # Statistics of image_stats.STATS used for the outlier space (geometry is left to the quality flags: a dataset of
@@ -82,7 +86,7 @@ def percentile_rank(x: np.ndarray) -> np.ndarray:
     return (rankdata(x) - 1) / max(len(x) - 1, 1)
 
 
-def kth_distances(x: torch.Tensor, scales: tuple[int, ...] = SCALES) -> dict[int, np.ndarray]:
+def kth_distances(x: np.ndarray | torch.Tensor, scales: tuple[int, ...] = SCALES) -> dict[int, np.ndarray]:
     """Cosine distance of each row of (N, D) ``x`` to its k-th nearest other row, per k in ``scales`` (clamped to
     N - 1, duplicates dropped) -> {k: (N,)}; also {0: mean distance to the first-scale neighbours}."""
     n = len(x)
@@ -133,15 +137,15 @@ def tail_scores(stats: dict[str, np.ndarray], names: tuple[str, ...] = TAIL_STAT
     return (zs ** 2).sum(1), np.array(names)[z.argmax(1)]
 
 
-def lift(z: np.ndarray | torch.Tensor) -> torch.Tensor:
+def lift(z: np.ndarray) -> np.ndarray:
     """(N, D) -> (N, D + 1): append the constant sqrt(D), so cosine distance between lifted rows grows with the
     Euclidean distance of the originals (the gnomonic projection onto the sphere) and saturates for extreme rows,
     instead of ignoring magnitude as a plain cosine does. Lets ``knn`` (cosine) serve a Euclidean-like space."""
-    z = torch.as_tensor(z, dtype=torch.float32)
-    return torch.cat([z, torch.full((len(z), 1), float(z.shape[1]) ** 0.5)], 1)
+    z = np.asarray(z, dtype=np.float32)
+    return np.concatenate([z, np.full((len(z), 1), float(z.shape[1]) ** 0.5, np.float32)], 1)
 
 
-def family_scores(x: torch.Tensor, scales: tuple[int, ...] = SCALES, prefix: str = "", tightness: bool = True
+def family_scores(x: np.ndarray | torch.Tensor, scales: tuple[int, ...] = SCALES, prefix: str = "", tightness: bool = True
                   ) -> dict[str, np.ndarray]:
     """Multi-scale kNN scores of (N, D) ``x`` under cosine distance.
 
@@ -176,13 +180,15 @@ def family_scores(x: torch.Tensor, scales: tuple[int, ...] = SCALES, prefix: str
 def gray_pixels(images: np.ndarray, side: int = 16) -> np.ndarray:
     """uint8 (N, S, S, 3) -> float32 (N, side * side): area-downsampled luminance, each image centred on its
     mean (so the pixel family sees structure, not exposure)."""
+    import torch
+
     x = torch.as_tensor(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float() / 255
     y = (x * torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)).sum(1, keepdim=True)  # (N, 1, S, S)
     y = torch.nn.functional.adaptive_avg_pool2d(y, side).flatten(1)  # (N, side^2)
     return (y - y.mean(1, keepdim=True)).numpy()
 
 
-def outlier_scores(emb: torch.Tensor | None, scales: tuple[int, ...] = SCALES,
+def outlier_scores(emb: np.ndarray | torch.Tensor | None, scales: tuple[int, ...] = SCALES,
                    extra: dict[str, np.ndarray] | None = None, stats: dict[str, np.ndarray] | None = None,
                    pixels: np.ndarray | None = None, combine: str = COMBINE, tightness: bool = True,
                    weights: dict[str, float] | None = None, tails: bool = True, group: bool = True
@@ -243,8 +249,8 @@ def outlier_scores(emb: torch.Tensor | None, scales: tuple[int, ...] = SCALES,
             out["tails"], where["tails"] = tail_scores(stats)
             fams["tails"] = percentile_rank(out["tails"])
     if pixels is not None:
-        p = torch.as_tensor(np.asarray(pixels, np.float32))
-        f = family_scores(p - p.mean(0, keepdim=True), scales, "pixels_", tightness)
+        p = np.asarray(pixels, np.float32)
+        f = family_scores(p - p.mean(0, keepdims=True), scales, "pixels_", tightness)
         gz["pixels"] = f.get("pixels_group_z")
         where["pixels"] = f.pop("pixels_scale")
         fams["pixels"] = f.pop("pixels_score")

@@ -7,8 +7,10 @@ batch composition or sample order, which is what makes scores reproducible and o
 from __future__ import annotations
 
 import zlib
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
 _MASK32 = 0xFFFFFFFF
 
@@ -26,11 +28,20 @@ def _mix32(x: torch.Tensor) -> torch.Tensor:
 
 def sample_keys(ids) -> torch.Tensor:
     """Stable 31-bit integer keys from string ids (e.g. FiftyOne sample ids), as an int64 tensor (N,)."""
-    return torch.tensor([zlib.crc32(str(i).encode()) & 0x7FFFFFFF for i in ids], dtype=torch.int64)
+    import torch
+
+    return torch.tensor([sample_key(i) for i in ids], dtype=torch.int64)
+
+
+def sample_key(sample_id) -> int:
+    """The key of one id (:func:`sample_keys`; no torch needed)."""
+    return zlib.crc32(str(sample_id).encode()) & 0x7FFFFFFF
 
 
 def uniform(keys: torch.Tensor, seed: int, view: int, n: int) -> torch.Tensor:
     """Uniform [0, 1) floats, shape (B, n), a pure function of (key, seed, view, column)."""
+    import torch
+
     keys = keys.to(torch.int64).reshape(-1, 1)
     slots = torch.arange(n, dtype=torch.int64, device=keys.device).reshape(1, -1)
     h = _mix32(keys ^ _mix32(torch.full_like(keys, seed * 7919 + 13)))

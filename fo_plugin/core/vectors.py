@@ -3,8 +3,12 @@ model that overflowed in half precision) would otherwise poison every distance a
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
-import torch
+
+if TYPE_CHECKING:
+    import torch
 
 
 def valid_rows(z: torch.Tensor | np.ndarray) -> torch.Tensor | np.ndarray:
@@ -16,4 +20,6 @@ def valid_rows(z: torch.Tensor | np.ndarray) -> torch.Tensor | np.ndarray:
         return np.isfinite(z).all(axis=1) & (z != 0).any(axis=1)
     if z.ndim != 2:
         raise ValueError(f"expected an (N, D) matrix, got shape {tuple(z.shape)}")
+    import torch
+
     return torch.isfinite(z).all(dim=1) & (z != 0).any(dim=1)
