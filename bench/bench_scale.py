@@ -162,10 +162,12 @@ def child(stage: str, n: int, seed: int) -> dict:
         import fiftyone.brain.internal.core.duplicates  # noqa: F401  (what the call would import)
         import fiftyone.brain.internal.core.sklearn  # noqa: F401
         import fiftyone.brain.internal.core.uniqueness  # noqa: F401
+    elif stage == "dups":  # each stage imports what it needs (only CL-Core loads torch)
+        from fo_plugin.duplicates import find_near_duplicates
+    elif stage == "outliers":
+        from fo_plugin.outliers import find_outliers
     else:
         from fo_plugin.clcore import compute_clcore
-        from fo_plugin.duplicates import find_near_duplicates
-        from fo_plugin.outliers import find_outliers
     imports = time.perf_counter() - t
     t = time.perf_counter()
     if stage == "dups":

@@ -130,7 +130,7 @@ def find_outliers(
         extra = {"influence": np.array([by_id[i] for i in vids], dtype=float)} if influence_run else None
         parts = outlier_scores(take_rows(z[0], valid) if z is not None else None, scales, extra,
                                stats={k: v[row[valid]] for k, v in stats.items()} if stats else None,
-                               tightness=tightness, weights=weights)
+                               tightness=tightness, weights=weights, in_place=True)
         score = parts["score"]
         flag = score >= threshold if threshold is not None else _top(score, fraction)
         progress(0.8, f"{int(flag.sum())} outliers flagged")

@@ -115,6 +115,17 @@ def test_embedding_alone_without_tightness_is_the_previous_score(photo_features)
     assert auroc(np.r_[2.0, 3.0, 0.0, 1.0], np.r_[True, True, False, False]) == 1.0
 
 
+def test_in_place_scores_equal_the_copying_ones_and_reuse_the_callers_array(photo_features):
+    emb = np.array(photo_features[0], dtype=np.float32)
+    copy = outlier_scores(emb)
+    own = emb.copy()
+    moved = outlier_scores(own, in_place=True)
+    for key in ("score", "knn", "kth_300"):
+        np.testing.assert_allclose(moved[key], copy[key], atol=1e-6)
+    centred = emb.astype(np.float64) - emb.mean(0, dtype=np.float64)
+    np.testing.assert_allclose(own, centred / np.linalg.norm(centred, axis=1, keepdims=True), atol=1e-5)
+
+
 def test_fisher_weights_scale_each_family_term():
     rng = np.random.default_rng(0)
     emb, extra = torch.as_tensor(rng.normal(size=(60, 8)), dtype=torch.float32), {"x": rng.normal(size=60)}

@@ -205,7 +205,7 @@ def _faiss_exact(q: np.ndarray, db: np.ndarray, k: int, db_ids: np.ndarray) -> t
         is_self = (idx >= 0) & (db_ids[np.maximum(idx, 0)] == np.arange(nq)[:, None])
         order = np.argsort(is_self, axis=1, kind="stable")[:, :k]  # the others first, in rank order
         idx, sim = np.take_along_axis(idx, order, 1), np.take_along_axis(sim, order, 1)
-    return idx[:, :k].astype(np.int64), sim[:, :k].astype(np.float32)
+    return idx[:, :k].astype(np.int64, copy=False), sim[:, :k].astype(np.float32, copy=False)
 
 
 def build_index(z: np.ndarray | torch.Tensor, method: str = "ivf", nlist: int | None = None, hnsw_m: int = 32):
@@ -252,18 +252,18 @@ def index_search(index, q: np.ndarray | torch.Tensor, k: int, nprobe: int | None
     sim, idx = index.search(qc, k + extra, params=params)
     if self_ids is not None:
         idx, sim = _drop_self(idx, sim, np.asarray(self_ids), k)
-    sim = np.where(idx < 0, -1.0, sim).astype(np.float32)
-    return idx.astype(np.int64), sim
+    sim[idx < 0] = -1.0
+    return idx.astype(np.int64, copy=False), sim.astype(np.float32, copy=False)
 
 
 def kth_neighbour_distances(x: np.ndarray | torch.Tensor, ks: tuple[int, ...] | list[int], method: str = "auto",
-                            nprobe: int | None = None, chunk: int = 8192,
+                            nprobe: int | None = None, chunk: int = 2048,
                             max_block_bytes: int = MAX_BLOCK_BYTES) -> dict[int, np.ndarray]:
     """Cosine distance of every row to its k-th nearest other row, for each k in ``ks`` (e.g. up to 300).
 
     Searched in chunks of ``chunk`` query rows, keeping only the requested columns: memory is O(N len(ks) +
-    chunk max(ks)), never an (N, max(ks)) table (8192 rows: ~30 MB a result table at k = 300; 32768 added
-    0.3 GB to the peak). With an IVF index the cost hardly depends on k (each query scans
+    chunk max(ks)), never an (N, max(ks)) table (2048 rows: ~7 MB a result table at k = 300; 8192 rows added 70 MB
+    to the outlier stage's peak at N = 50k, 32768 rows 0.3 GB). With an IVF index the cost hardly depends on k (each query scans
     ``nprobe`` cells either way); ``nprobe`` defaults to enough cells to hold about 4 max(ks) candidates (>= 16,
     see :func:`index_search`), which keeps the k=300 distances at Spearman >= 0.99 against exact (a random reference subsample of m rows,
     the (k m / N)-th neighbour among them, measured only 0.88 at m = N / 5: see ``bench/bench_knn.py``).
