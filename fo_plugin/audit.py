@@ -115,7 +115,7 @@ def audit_subgroups(samples: fo.core.collections.SampleCollection, group_field: 
         a summary with ``rows`` (selection, group, counts, shares, ratio, p-value, Holm-adjusted p-value), also
         stored with the run.
     """
-    runs.validate_name(run_key, "run key")
+    runs.validate_run_key(run_key)
     top_fraction = params.number("top_fraction", top_fraction, 0, 1, open_min=True)
     prop = group_field in PROPERTIES
     if not prop:

@@ -99,7 +99,7 @@ def compute_clcore(
         a summary dict.
     """
     dataset = samples._dataset
-    runs.validate_name(run_key, "run key")
+    runs.validate_run_key(run_key)
     params.choice("mode", mode, MODES)
     params.choice("latent", latent, LATENT)
     num_classes = params.integer("num_classes", num_classes, 0, none_ok=True) or None  # 0 / None: estimate k

@@ -145,7 +145,7 @@ def find_near_duplicates(
         pair table: :func:`load_duplicate_pairs`.
     """
     dataset = samples._dataset
-    runs.validate_name(run_key, "run key")
+    runs.validate_run_key(run_key)
     params.choice("keep", keep, POLICIES)
     k = params.integer("k", k, 1)
     pixel_k = params.integer("pixel_k", pixel_k, 0)

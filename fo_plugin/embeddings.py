@@ -103,7 +103,7 @@ def compute_ssl_embeddings(
         a summary dict (counts, timings, checkpoint, run key).
     """
     dataset = samples._dataset
-    run_key = runs.validate_name(run_key or embeddings_field, "run key")
+    run_key = runs.validate_run_key(run_key or embeddings_field)
     runs.validate_name(embeddings_field, "embeddings_field")
     params.choice("backbone", backbone, BACKBONES)
     epochs = params.integer("epochs", epochs, 1)

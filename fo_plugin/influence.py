@@ -97,7 +97,7 @@ def compute_ssl_influence(
         a summary dict; the top duplicate pairs are in the run results (``pairs``).
     """
     dataset = samples._dataset
-    runs.validate_name(run_key, "run key")
+    runs.validate_run_key(run_key)
     params.choice("curvature", curvature, CURVATURES)
     params.choice("output", output, OUTPUTS)
     num_augs = params.integer("num_augs", num_augs, 1)
@@ -281,7 +281,7 @@ def find_influential_training_samples(
             sketches kept with the influence run; fast for large data, approximate).
     """
     dataset = samples._dataset
-    runs.validate_name(run_key, "run key")
+    runs.validate_run_key(run_key)
     if not query_ids:
         raise ValueError("select at least one query sample")
     k = params.integer("k", k, 1)

@@ -76,7 +76,7 @@ def find_outliers(
             >= threshold.
     """
     dataset = samples._dataset
-    runs.validate_name(run_key, "run key")
+    runs.validate_run_key(run_key)
     if fraction is not None and threshold is not None:
         raise ValueError("give one of fraction (top share to flag) or threshold (score cut-off), not both")
     if fraction is None and threshold is None:

@@ -43,7 +43,7 @@ def find_quality_issues(samples: fo.core.collections.SampleCollection, run_key: 
     Returns:
         a summary with ``counts`` (flag -> number of samples flagged) and the thresholds used.
     """
-    runs.validate_name(run_key, "run key")
+    runs.validate_run_key(run_key)
     thresholds = dict(thresholds or {})
     for k, v in thresholds.items():
         params.choice("quality flag", k, FLAGS)

@@ -64,14 +64,19 @@ def run_root(dataset: fo.Dataset, key: str) -> str:
 
 
 # ------------------------------------------------------------------------------------------------------------ validation
-def validate_name(name: str, what: str, max_len: int | None = None) -> str:
-    """Field names and run keys: letters, digits and underscores, starting with a letter (and at most ``max_len``
-    characters)."""
+def validate_name(name: str, what: str) -> str:
+    """Field names and run keys: letters, digits and underscores, starting with a letter."""
     if not isinstance(name, str) or not _KEY_RE.match(name) or STAGING in name:
         raise ValueError(f"{what} must be letters, digits and underscores (starting with a letter), got {name!r}")
-    if max_len is not None and len(name) > max_len:
-        raise ValueError(f"{what} must be at most {max_len} characters, got {len(name)}: {name[:20]}...")
     return name
+
+
+def validate_run_key(key: str) -> str:
+    """A run key: a valid name of at most ``MAX_KEY_LEN`` characters (checked by every stage and form up front)."""
+    validate_name(key, "run key")
+    if len(key) > MAX_KEY_LEN:
+        raise ValueError(f"run key must be at most {MAX_KEY_LEN} characters, got {len(key)}: {key[:24]}...")
+    return key
 
 
 def check_samples(samples, minimum: int = 1, what: str = "this operation") -> int:
@@ -215,7 +220,7 @@ class Run:
                  resumable: bool = False):
         self.samples = samples
         self.dataset: fo.Dataset = samples._dataset
-        self.key = validate_name(key, "run key", MAX_KEY_LEN)
+        self.key = validate_run_key(key)
         self.method = METHOD_PREFIX + method
         self.what = what or method.replace("_", " ")
         self.n = check_samples(samples, minimum, self.what)
@@ -640,12 +645,19 @@ def _drop_orphan_staging(dataset: fo.Dataset) -> None:
     """Drop the staging collections of datasets that no longer exist (a killed run's, whose dataset was deleted
     before any re-run could tidy it): nothing else would ever remove them."""
     db = dataset._sample_collection.database
-    names = set(db.list_collection_names())
-    for name in names:
-        if name.startswith(SCRATCH_PREFIX):
-            parts = name[len(SCRATCH_PREFIX):].split(".")  # samples.<id>.<key>[.part]
-            if len(parts) >= 3 and ".".join(parts[:2]) not in names:
-                db.drop_collection(name)
+    live = {d.get("sample_collection_name") for d in db.datasets.find({}, {"sample_collection_name": 1})}
+    for name in db.list_collection_names():
+        if name.startswith(SCRATCH_PREFIX) and staging_owner(name) not in live:
+            db.drop_collection(name)
+
+
+def staging_owner(name: str) -> str:
+    """The samples collection a staging collection belongs to: ``fo_ssl_scratch.<collection>.<key>[.part]`` with
+    any dots in the collection's name (``samples.<id>``, an old dataset's ``samples.2021.05.03...``, a frame-patches
+    view's ``patches.frames.<id>``); run keys have none."""
+    rest = name[len(SCRATCH_PREFIX):]
+    rest = rest[:-len(".part")] if rest.endswith(".part") else rest
+    return rest.rsplit(".", 1)[0]
 
 
 def _drop_staging(dataset: fo.Dataset, key: str) -> None:

@@ -160,7 +160,7 @@ def add_run_key(ctx, inputs: types.Object, default: str, fields_of) -> str:
     prop = inputs.str("run_key", default=default, required=False, label="Run key",
                       description="Names the run and prefixes its fields")
     try:
-        runs.validate_name(key, "run key")
+        runs.validate_run_key(key)
         problems = [p for f in fields_of(key) if (p := runs.field_conflict(ctx.dataset, key, f))]
     except ValueError as e:
         problems = [str(e)]

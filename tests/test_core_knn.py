@@ -80,6 +80,8 @@ def test_exact_search_excludes_every_database_row_of_a_query(backend):
     full = x @ db.T
     full[torch.as_tensor(db_ids) == torch.arange(60)[:, None]] = -float("inf")
     np.testing.assert_allclose(s, full.topk(5, dim=1).values.numpy(), atol=1e-5)
+    i, s = exact_search(x[:3], db[np.r_[0:3, 60:63]], 9, db_ids=np.r_[0:3, 0:3])  # k above what is not own
+    assert i.shape == (3, 4) and not (np.r_[0:3, 0:3][i] == np.arange(3)[:, None]).any() and np.isfinite(s).all()
 
 
 @pytest.fixture(scope="module")

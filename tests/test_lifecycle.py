@@ -215,6 +215,9 @@ def test_a_deleted_datasets_staging_is_dropped_and_an_overlong_run_key_refused(v
     with pytest.raises(ValueError, match="at most 64 characters"):
         fo_plugin.find_outliers(vecs, "k" * 65, image_stats=False)
     assert not vecs.has_sample_field("k" * 65 + "_score")
+    for coll in ("samples.2021.05.03.12.34.56", "patches.frames.6523f0", vecs._sample_collection_name):
+        for tail in (".key", ".key.part"):
+            assert runs.staging_owner(runs.SCRATCH_PREFIX + coll + tail) == coll  # dots in collection names
 
 
 def test_representative_policies_are_checked_before_anything_runs(vecs):

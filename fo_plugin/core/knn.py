@@ -43,10 +43,10 @@ def knn(x: np.ndarray | torch.Tensor, k: int, method: str = "auto", max_block_by
         x: (N, D) embeddings (any scale; rows are normalised here): an array, or a tensor (a CUDA one is searched on
             its GPU).
         k: neighbours per row (clamped to N - 1).
-        method ("auto"): ``"exact"`` (tiled brute force on ``x``'s device), ``"ivf"`` (faiss IVF-Flat, CPU),
+        method ("auto"): ``"exact"`` (brute force: faiss's on CPU, memory-budgeted torch tiles on a GPU), ``"ivf"`` (faiss IVF-Flat, CPU),
             ``"hnsw"`` (faiss HNSW, CPU), or ``"auto"``: exact on a GPU, exact on CPU when N <= 20,000 or faiss is
             not installed, else IVF-Flat.
-        max_block_bytes (256 MB): the most memory one exact similarity block may take.
+        max_block_bytes (256 MB): the most memory one exact similarity block of the torch tiles may take.
         nprobe (None): IVF cells searched per query (None: 16, recall@10 >= 0.99 on clustered data, see
             ``bench/bench_knn.py``; more when 16 cells hold fewer than ~4 k rows); for HNSW, the search breadth ``efSearch`` (None: max(64, 2 k)).
 
@@ -129,22 +129,25 @@ def choose_method(n: int, device: torch.device | str = "cpu", method: str = "aut
 
 def exact_search(q: np.ndarray | torch.Tensor, db: np.ndarray | torch.Tensor, k: int, db_ids: np.ndarray | None = None,
                  max_block_bytes: int = MAX_BLOCK_BYTES) -> tuple[np.ndarray, np.ndarray]:
-    """Exact top-k inner products of each query row against the database, in tiles within a memory budget.
+    """Exact top-k inner products of each query row against the database: faiss's brute force on CPU (its own
+    bounded blocks), torch tiles within a memory budget on a GPU or without faiss.
 
     Args:
         q: (Nq, D) queries, db: (Nd, D) database (unit rows for cosines): arrays, or tensors on one device.
         db_ids: (Nd,) the query row each database row is (its self-match is excluded); None when ``db is q``
             (row i excludes row i). Database rows that are no query: any id outside [0, Nq).
-        max_block_bytes: budget of one (rows x cols) float32 block: full database width while that leaves at least
+        max_block_bytes: (torch tiles) budget of one (rows x cols) float32 block: full database width while that leaves at least
             1024 query rows, else square-ish tiles in both dimensions with a running top-k merge.
 
     Returns:
-        int64 (Nq, k) database indices and float32 (Nq, k) similarities, best first (k clamped to the candidates).
+        int64 (Nq, k) database indices and float32 (Nq, k) similarities, best first (k clamped to the candidates:
+        the database less the most rows one query has in it).
     """
     nq, nd = len(q), len(db)
     if db_ids is None:
         db_ids = np.arange(nd)
-    k = min(k, nd - (1 if np.any((db_ids >= 0) & (db_ids < nq)) else 0))
+    own = db_ids[(db_ids >= 0) & (db_ids < nq)]
+    k = min(k, nd - (int(np.bincount(own).max()) if len(own) else 0))  # never a query's own row, however many
     if _device(q) == "cpu" and _has_faiss():
         return _faiss_exact(_cpu_array(q), _cpu_array(db), k, np.asarray(db_ids))
     import torch
@@ -282,6 +285,8 @@ def kth_neighbour_distances(x: np.ndarray | torch.Tensor, ks: tuple[int, ...] | 
         return {k: np.zeros(n, np.float32) for k in ks}
     kmax = ks[-1]
     z = unit_rows(x)  # (N, D)
+    if isinstance(z, np.ndarray):
+        z = np.ascontiguousarray(z)  # once, not per chunk
     method = choose_method(n, _device(z), method)
     index = None
     if method != "exact":

@@ -52,8 +52,8 @@ def pixel_candidates(gray: torch.Tensor | np.ndarray, k: int = PIXEL_K, chunk: i
     warp of :func:`window_descriptors` (its central window against every warp of the other). ``gray``: luma
     thumbnails (N, 32, 32) or uint8 RGB images (N, H, W, 3), e.g. a memmap, read ``chunk`` rows at a time.
 
-    The warped windows (36 N, D) are the database of the one kNN (:mod:`fo_plugin.core.knn`: exact in memory-bounded
-    tiles, or a faiss IVF index, ``method`` as there; ``"auto"`` takes IVF above ``PIXEL_EXACT_MAX_N`` samples on
+    The warped windows (36 N, D) are the database of the one kNN (:mod:`fo_plugin.core.knn`: exact brute force (bounded
+    blocks), or a faiss IVF index, ``method`` as there; ``"auto"`` takes IVF above ``PIXEL_EXACT_MAX_N`` samples on
     CPU), queried with the central windows for the 36 k best warps, the best warp of each sample kept. Memory: the
     (36 N, D) warps, 9 kB a sample (D = 64 floats), held once (the IVF index keeps its own copy and the tensor is
     freed)."""
