@@ -17,7 +17,6 @@ from dataclasses import asdict
 
 import fiftyone as fo
 import numpy as np
-import torch
 
 from . import params, runs
 from .core import distributed, rng
@@ -248,7 +247,7 @@ def register_map(samples, field: str, brain_key: str, method: str = "auto", seed
         raise ValueError(f"an embeddings map needs at least 2 samples with a vector in {field!r}")
     if not ok.all():
         view = view.select([i for i, good in zip(ids, ok) if good], ordered=True)
-    points = embedding_map(torch.as_tensor(x[0][ok]), method, seed=seed)  # (N_ok, 2)
+    points = embedding_map(x[0][ok], method, seed=seed)  # (N_ok, 2)
     return fob.compute_visualization(view, points=points, brain_key=brain_key, progress=False)
 
 

@@ -277,7 +277,8 @@ class Run:
         """True on the process that writes (rank 0 of a ``torch.distributed`` job, or the only process): the other
         ranks compute their share, and their writes, tags, views and commit are no-ops (the commit returns rank 0's
         results)."""
-        return _job() is None or _job().is_primary()
+        job = _job()
+        return job is None or job.is_primary()
 
     def __enter__(self) -> Run:
         if self.primary:

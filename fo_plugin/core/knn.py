@@ -4,9 +4,7 @@ The exact path on a GPU tiles queries x database so one similarity block never e
 top-k is merged across database tiles), whatever N is; on CPU it is faiss's brute-force search (its own bounded
 blocks; the torch tiles when faiss is missing). CPU work is done on numpy arrays (a CPU tensor is read in place,
 without a copy), so the embedding-level stages never import torch. Exact search is quadratic in N, so on CPU for
-large N
-``method="auto"`` uses a faiss IVF-Flat index
-(k-means cells, ``nprobe`` cells searched per query), chosen over HNSW by measurement (``bench/bench_knn.py``,
+large N ``method="auto"`` uses a faiss IVF-Flat index (k-means cells, ``nprobe`` cells searched per query), chosen over HNSW by measurement (``bench/bench_knn.py``,
 2 cores, N = 200k, 128-d clustered): IVF 96 s, recall@10 0.995, every planted copy found; HNSW (M=32, ef=64) 229 s,
 recall 0.985, 99.4% of copies; also less memory. Built once per embedding and shared by the duplicate and outlier
 scores.
@@ -146,10 +144,12 @@ def exact_search(q: np.ndarray | torch.Tensor, db: np.ndarray | torch.Tensor, k:
     nq, nd = len(q), len(db)
     if db_ids is None:
         db_ids = np.arange(nd)
+    db_ids = np.asarray(db_ids)
     own = db_ids[(db_ids >= 0) & (db_ids < nq)]
-    k = min(k, nd - (int(np.bincount(own).max()) if len(own) else 0))  # never a query's own row, however many
+    most = int(np.bincount(own).max()) if len(own) else 0  # the most database rows one query is
+    k = min(k, nd - most)  # never a query's own row, however many
     if _device(q) == "cpu" and _has_faiss():
-        return _faiss_exact(_cpu_array(q), _cpu_array(db), k, np.asarray(db_ids))
+        return _faiss_exact(_cpu_array(q), _cpu_array(db), k, db_ids, most)
     import torch
 
     q, db = torch.as_tensor(q), torch.as_tensor(db)
@@ -186,21 +186,21 @@ def exact_search(q: np.ndarray | torch.Tensor, db: np.ndarray | torch.Tensor, k:
     return out_i.numpy(), out_s.numpy()
 
 
-def _faiss_exact(q: np.ndarray, db: np.ndarray, k: int, db_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _faiss_exact(q: np.ndarray, db: np.ndarray, k: int, db_ids: np.ndarray, extra: int
+                 ) -> tuple[np.ndarray, np.ndarray]:
     """:func:`exact_search` on CPU by faiss's brute-force search (``faiss.knn``: BLAS blocks of bounded size, a heap
     per query; no copy of the database): 1.4-1.8x faster than the torch tiles on 2 cores at N = 10k-20k, k = 10 and
     300, same neighbours up to ties and similarities to 7e-7. A query's own database rows (one, or several: the
-    warps of a window search) are searched past and dropped."""
+    warps of a window search; ``extra``: the most one query has) are searched past and dropped."""
     import faiss
 
     nq, nd = len(q), len(db)
     if k <= 0:
         return np.zeros((nq, 0), dtype=np.int64), np.zeros((nq, 0), dtype=np.float32)
-    own = (db_ids >= 0) & (db_ids < nq)
-    extra = int(np.bincount(db_ids[own]).max()) if own.any() else 0  # most database rows one query is
     sim, idx = faiss.knn(np.ascontiguousarray(q), np.ascontiguousarray(db), min(k + extra, nd),
                          metric=faiss.METRIC_INNER_PRODUCT)
     if extra == 1:  # one row each: the fast path
+        own = (db_ids >= 0) & (db_ids < nq)
         self_ids = np.full(nq, -1, dtype=np.int64)
         self_ids[db_ids[own]] = np.flatnonzero(own)
         idx, sim = _drop_self(idx, sim, self_ids, k)
