@@ -13,7 +13,7 @@ Brain's ``compute_near_duplicates(embeddings=field)`` (default threshold 0.2 = c
 too) and ``compute_uniqueness(embeddings=field)``. Recall: near-copies = share of planted (original, copy) pairs
 put in one group; outliers = share of planted outliers among the top 1% (twice their number) of the score, and\namong the top 2% (what ``find_outliers`` flags by default).
 
-    python bench/bench_scale.py [--sizes 10000 50000] [--timeout 1800]   # --sizes 200000 1000000 also work
+    python bench/bench_scale.py [--sizes 10000 50000] [--repeat 3] [--timeout 1800]   # 200000 1000000 also work
     python bench/bench_scale.py --core --sizes 1000000   # the numeric core of our stages only, no FiftyOne
 
 ``--core``: the same data as arrays, no dataset (the datasets are inserted as raw documents: 1M samples took 99 s
@@ -245,9 +245,32 @@ def _with_imports(r: dict) -> float:
     return r["seconds"] + r.get("import_s", 0.0)
 
 
+def _median_run(runs: list[dict]) -> dict:
+    """The repeats of one stage as one result: the median time, the highest peak memory, the lowest recall."""
+    if any("failed" in r for r in runs):
+        return next(r for r in runs if "failed" in r)
+    out = dict(sorted(runs, key=lambda r: r["seconds"])[(len(runs) - 1) // 2])
+    out["peak_gb"] = max(r["peak_gb"] for r in runs)
+    for key in ("recall", "recall_2pct"):
+        if key in out:
+            out[key] = min(r[key] for r in runs)
+    if len(runs) > 1:
+        out["range"] = (min(r["seconds"] for r in runs), max(r["seconds"] for r in runs))
+    return out
+
+
+def _paired_ratio(ours: list[dict], brain: list[dict], with_imports: bool = False) -> float:
+    """Median over the repeats of Brain's time / ours, each repeat's two runs taken side by side."""
+    t = _with_imports if with_imports else (lambda r: r["seconds"])
+    return float(np.median([t(b) / t(o) for o, b in zip(ours, brain)]))
+
+
 def report(results: list[dict]) -> None:
-    """One markdown table: each of our stages, Brain's counterpart, the ratios."""
-    by = {(r["stage"], r["n"]): r for r in results}
+    """One markdown table: each of our stages, Brain's counterpart, the ratios (medians over the repeats)."""
+    runs: dict[tuple, list[dict]] = {}
+    for r in results:
+        runs.setdefault((r["stage"], r["n"]), []).append(r)
+    by = {key: _median_run(rs) for key, rs in runs.items()}
 
     def cell(r):
         if r is None:
@@ -257,7 +280,8 @@ def report(results: list[dict]) -> None:
         rec = f", recall {r['recall']:.3f}" if "recall" in r else ""
         rec += f" (top 2%: {r['recall_2pct']:.3f})" if "recall_2pct" in r else ""
         imp = f" (+{r['import_s']:.1f} s imports)" if "import_s" in r else ""
-        return f"{r['seconds']:.1f} s{imp}, {r['peak_gb']:.2f} GB{rec}"
+        spread = f" [{r['range'][0]:.1f}-{r['range'][1]:.1f}]" if "range" in r else ""
+        return f"{r['seconds']:.1f} s{spread}{imp}, {r['peak_gb']:.2f} GB{rec}"
 
     print("\n| N | stage | ours | FiftyOne Brain | Brain time / ours | with imports | our memory / Brain's |")
     print("|---|---|---|---|---|---|---|")
@@ -267,8 +291,9 @@ def report(results: list[dict]) -> None:
                 continue
             ours, brain = by[(stage, n)], by.get((other, n)) if other else None
             ok = brain is not None and "failed" not in brain and "failed" not in ours
-            speed = f"{brain['seconds'] / ours['seconds']:.2f}x" if ok else "-"
-            whole = f"{_with_imports(brain) / _with_imports(ours):.2f}x" if ok else "-"
+            pair = runs[(stage, n)], runs.get((other, n), [])
+            speed = f"{_paired_ratio(*pair):.2f}x" if ok else "-"
+            whole = f"{_paired_ratio(*pair, with_imports=True):.2f}x" if ok else "-"
             mem = f"{ours['peak_gb'] / brain['peak_gb']:.2f}" if ok else "-"
             print(f"| {n:,} | {NAMES[stage]} | {cell(ours)} | {cell(brain)} | {speed} | {whole} | {mem} |")
 
@@ -281,6 +306,9 @@ def main() -> None:
                     help=f"comma-separated subset of {','.join(STAGES)}")
     ap.add_argument("--timeout", type=float, default=1800, help="seconds allowed to one stage (ours or Brain's)")
     ap.add_argument("--core", action="store_true", help="only the numeric core of our stages (no FiftyOne)")
+    ap.add_argument("--repeat", type=int, default=1,
+                    help="runs of each stage, ours and Brain's side by side (alternating which goes first); the "
+                         "table shows median times, [fastest-slowest], and the median of the paired ratios")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     args, _ = ap.parse_known_args()
     sizes = args.sizes
@@ -291,10 +319,12 @@ def main() -> None:
     for n in sizes:
         if not args.core:
             make_dataset(n, args.seed)
-        for stage in CORE_STAGES if args.core else args.stages.split(","):
-            r = run_stage(stage, n, args.seed, args.timeout)
-            print(json.dumps(r), file=sys.stderr, flush=True)
-            results.append(r)
+        stages = list(CORE_STAGES if args.core else args.stages.split(","))
+        for rep in range(args.repeat):
+            for stage in stages if rep % 2 == 0 else stages[::-1]:  # (which tool goes first alternates)
+                r = run_stage(stage, n, args.seed, args.timeout)
+                print(json.dumps(r), file=sys.stderr, flush=True)
+                results.append(r)
     report(results)
 
 

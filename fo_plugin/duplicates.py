@@ -72,22 +72,35 @@ def _split_labels(samples, source: str, ids: list[str]) -> np.ndarray:
     return np.array([by_id.get(i) for i in ids], dtype=object)
 
 
-def _priority(samples, ids: list[str], paths: list[str], policy: str, clcore_run: str, influence_run: str
-              ) -> np.ndarray:
-    """Higher is kept: CL-Core score, minus self-influence, file size, or earlier position in the view."""
+def _priority(samples, ids: list[str], paths: list[str], pos: np.ndarray, policy: str, clcore_run: str,
+              influence_run: str, rows: np.ndarray) -> np.ndarray:
+    """Higher is kept: CL-Core score, minus self-influence, file size, or earlier position in the view (``pos``).
+    Only ``rows`` (the group members: the only samples compared) get a value; the others get -inf."""
+    out = np.full(len(ids), -np.inf)
+    if len(rows) == 0:
+        return out
     if policy == "first":
-        pos = {i: p for p, i in enumerate(samples.values("id"))}
-        return -np.array([pos[i] for i in ids], dtype=float)
+        out[rows] = -pos[rows]
+        return out
     if policy == "largest_file":
-        return np.array([os.path.getsize(p) if os.path.exists(p) else -1 for p in paths], dtype=float)
+        out[rows] = [_size(paths[r]) for r in rows]
+        return out
     field = f"{clcore_run}_score" if policy == "clcore" else f"{influence_run}_self_influence"
     if field not in samples.get_field_schema():
         raise ValueError(f"keep={policy!r} needs field {field!r}: run "
                          f"{'compute_clcore' if policy == 'clcore' else 'compute_ssl_influence'} first")
-    by_id = dict(zip(samples.values("id"), samples.values(field)))
-    vals = np.array([by_id.get(i) if by_id.get(i) is not None else np.nan for i in ids], dtype=float)
-    vals = vals if policy == "clcore" else -vals
-    return np.nan_to_num(vals, nan=-np.inf)
+    by_id = dict(zip(*samples.select([ids[r] for r in rows]).values(["id", field])))
+    vals = np.array([by_id.get(ids[r]) if by_id.get(ids[r]) is not None else np.nan for r in rows], dtype=float)
+    out[rows] = np.nan_to_num(vals if policy == "clcore" else -vals, nan=-np.inf)
+    return out
+
+
+def _size(path: str) -> int:
+    """The file's size in bytes; -1 if it is missing (one ``stat``)."""
+    try:
+        return os.stat(path).st_size
+    except OSError:
+        return -1
 
 
 def find_near_duplicates(
@@ -173,7 +186,7 @@ def find_near_duplicates(
                    config, overwrite=overwrite, minimum=2, what="near-duplicate search")
     with run, reporter(progress, "near-duplicates") as progress:
         t0 = time.perf_counter()
-        ids, paths = canonical(samples)
+        ids, paths, pos = canonical(samples, positions=True)
         same_bytes = hash_groups([file_hash(p) if os.path.isfile(p) else None for p in paths])
         progress(0.1, f"{int((same_bytes >= 0).sum())} samples are byte-identical copies")
         pixel_keys: list[str | None] = [None] * len(ids)
@@ -228,7 +241,9 @@ def find_near_duplicates(
         chain = _chain(exact)
         group = groups(len(ids), np.array([*near.tolist(), *chain], dtype=np.float64).reshape(-1, 2))
         kind = np.where(exact >= 0, "exact", np.where(group >= 0, "near", None))
-        keep_mask = representatives(group, _priority(samples, ids, paths, keep, clcore_run, influence_run or ""))
+        priority = _priority(samples, ids, paths, pos, keep, clcore_run, influence_run or "",
+                             np.flatnonzero(group >= 0))
+        keep_mask = representatives(group, priority)
         progress(0.7, f"{int((group >= 0).sum())} samples in {len(np.unique(group[group >= 0]))} groups")
         scored = [ids[i] for i in np.union1d(valid, np.flatnonzero(exact >= 0))]
         where = {i: n for n, i in enumerate(ids)}
@@ -237,12 +252,16 @@ def find_near_duplicates(
         run.write_columns(scored, {  # one update per sample for all fields
             "group": [int(group[where[i]]) if group[where[i]] >= 0 else None for i in scored],
             "kind": [kind[where[i]] for i in scored], "keep": [bool(keep_mask[where[i]]) for i in scored],
-            "score": [best_of.get(i) for i in scored]})  # samples in no confirmed pair have no score
+            "score": [best_of.get(i) for i in scored]},  # samples in no confirmed pair have no score
+            defaults={"keep": True})  # (most samples: set in one pass at commit, not staged one by one)
         unscored = [i for i in rejected if exact[where[i]] < 0]
         run.write("error", unscored, [rejected[i] for i in unscored])
         g_, k_ = names["group"], names["keep"]
-        run.tag(dup_tag, lambda ds: ds.match((F(g_) != None) & (F(k_) == False)))  # noqa: E711
-        run.tag(rep_tag, lambda ds: ds.match((F(g_) != None) & (F(k_) == True)))  # noqa: E711
+        member = group >= 0
+        run.tag(dup_tag, lambda ds: ds.match((F(g_) != None) & (F(k_) == False)),  # noqa: E711
+                [ids[i] for i in np.flatnonzero(member & ~keep_mask)])
+        run.tag(rep_tag, lambda ds: ds.match((F(g_) != None) & (F(k_) == True)),  # noqa: E711
+                [ids[i] for i in np.flatnonzero(member & keep_mask)])
         run.save_view(dup_view, lambda ds: ds.match(F(g_) != None).sort_by(g_),  # noqa: E711
                       f"near-duplicate groups of run {run_key!r}")
         run.save_view(rep_view, lambda ds: ds.match((F(g_) != None) & (F(k_) == True)).sort_by(g_),  # noqa: E711

@@ -65,12 +65,14 @@ class DecodedImages:
         self.close()
 
 
-def canonical(samples: fo.core.collections.SampleCollection) -> tuple[list[str], list[str]]:
-    """``(ids, filepaths)`` of ``samples`` sorted by (hash of id, id): the same order for any view order."""
+def canonical(samples: fo.core.collections.SampleCollection, positions: bool = False) -> tuple:
+    """``(ids, filepaths)`` of ``samples`` sorted by (hash of id, id): the same order for any view order; with
+    ``positions``, also each one's position in the view (an int64 array)."""
     ids, paths = samples.values(["id", "filepath"])
-    keys = [rng.sample_key(i) for i in ids]
-    order = sorted(range(len(ids)), key=lambda i: (keys[i], ids[i]))
-    return [ids[i] for i in order], [paths[i] for i in order]
+    keys = np.fromiter((rng.sample_key(i) for i in ids), np.int64, len(ids))
+    order = np.lexsort((np.array(ids, dtype=str), keys)) if ids else np.zeros(0, np.int64)
+    out = [ids[i] for i in order], [paths[i] for i in order]
+    return (*out, order) if positions else out
 
 
 def embeddings_run_config(dataset: fo.Dataset, run_key: str) -> dict:
@@ -149,9 +151,9 @@ VALUES_CHUNK = 50_000  # samples per read: a chunk's Python objects stay small, 
 def iter_values(samples: fo.core.collections.SampleCollection, field: str, chunk: int = VALUES_CHUNK):
     """``(ids, values)`` of ``field`` over ``samples``, ``chunk`` samples at a time (bounded memory: only one
     chunk's Python objects are alive; a VectorField's values come as numpy arrays)."""
-    all_ids = samples.values("id")
-    for s in range(0, len(all_ids), chunk):
-        part = samples if len(all_ids) <= chunk else samples.select(all_ids[s:s + chunk])
+    all_ids = samples.values("id") if samples.count() > chunk else None  # (one read when it fits a chunk)
+    for s in range(0, len(all_ids) if all_ids is not None else 1, chunk):
+        part = samples if all_ids is None else samples.select(all_ids[s:s + chunk])
         ids, vals = part.values(["id", field], _raw=True)  # a VectorField's stored bytes: decoded below, fast
         cache: dict[bytes, tuple] = {}
         yield ids, [_decode(v, cache) if isinstance(v, bytes) else v for v in vals]

@@ -142,7 +142,7 @@ def find_outliers(
         run.write_columns(vids, columns)  # one update per sample for all fields
         run.write("error", list(rejected), list(rejected.values()))
         f_, s_ = names["flag"], names["score"]
-        run.tag(tag, lambda ds: ds.match(F(f_) == True))
+        run.tag(tag, lambda ds: ds.match(F(f_) == True), [vids[i] for i in np.flatnonzero(flag)])  # noqa: E712
         run.save_view(view_name, lambda ds: ds.match(F(f_) == True).sort_by(s_, reverse=True),
                       f"flagged by outlier run {run_key!r}, most unusual first")
         counts, edges = np.histogram(score, bins=20, range=(0, 1))

@@ -7,6 +7,7 @@ from __future__ import annotations
 import time
 
 import fiftyone as fo
+import numpy as np
 from fiftyone import ViewField as F
 
 from . import params, runs
@@ -68,7 +69,8 @@ def find_quality_issues(samples: fo.core.collections.SampleCollection, run_key: 
         run.write("error", [i for i, _ in bad], [e for _, e in bad])
         field = names["issues"]
         for flag in FLAGS:
-            run.tag(tag_for(run_key, flag), lambda ds, f=flag: ds.match(F(field).contains(f)))
+            run.tag(tag_for(run_key, flag), lambda ds, f=flag: ds.match(F(field).contains(f)),
+                    [vids[n] for n in np.flatnonzero(flags[flag])] if vids else [])
         view = f"quality issues [{run_key}]" if run_key != "quality" else "quality issues"
         run.save_view(view, lambda ds: ds.match(F(field).length() > 0), f"images flagged by run {run_key!r}")
         counts = {f: int(flags[f].sum()) if vids else 0 for f in FLAGS}

@@ -44,6 +44,7 @@ CHUNKS = "chunks"  # per-chunk results (Run.chunk) in the artifact folder; remov
 STAGING = "_ssl_staging"  # staged sample fields of earlier versions (removed where found); also a reserved suffix
 _KEY_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
 SCRATCH_PREFIX = "fo_ssl_scratch."  # + "<samples collection>.<run key>": a run's staging collection
+GUARD_SUFFIX = ".tags"  # + after a staging collection's name: the samples a commit keeps tagged (Run._untag_changed)
 MAX_KEY_LEN = 64  # a run's staging collection is named after its key, and MongoDB caps a namespace at 255 bytes
 
 
@@ -234,7 +235,8 @@ class Run:
         self.overwrite = overwrite
         self.resumable = resumable
         self.fp = fingerprint(self.method, *(fingerprint_parts or (self.config,)))
-        self._tags: list[tuple[str, Callable]] = []
+        self._tags: list[tuple[str, Callable, list[str] | None]] = []
+        self._defaults: dict[str, tuple[object, list[str]]] = {}  # short -> (stored value, the ids that hold it)
         self.chunks_computed = self.chunks_resumed = 0
         self._views: list[tuple[str, Callable, str]] = []
         self._brain: list[tuple[str, Callable]] = []
@@ -384,16 +386,20 @@ class Run:
         """Stage ``values`` of field ``short`` for samples ``ids`` (see :meth:`write_columns`)."""
         self.write_columns(ids, {short: values}, chunk)
 
-    def write_columns(self, ids: list[str], columns: dict[str, Iterable], chunk: int = 100_000) -> None:
+    def write_columns(self, ids: list[str], columns: dict[str, Iterable], chunk: int = 100_000,
+                      defaults: dict[str, object] | None = None) -> None:
         """Stage several fields of samples ``ids`` at once (``{short: values}``, each in the order of ``ids``).
 
         The values go into the run's staging collection, one small document per sample (a plain insert, ``chunk``
         documents at a time: bounded memory; a later call's values are merged into the same documents server-side).
         No sample document is touched before :meth:`commit`, which clears the run's old values with one server-side
-        ``$unset`` and moves every staged value in with one ``$merge`` (:meth:`_move_in`): two passes over the
-        samples for the whole run, where staging fields in the sample documents and their swap took three. Values are validated and serialised by their
-        fields as ``set_values`` does. A None is not staged in a fresh attempt (a missing value reads as None, and
-        most group / error fields are mostly None) and clears the value in a resumed one."""
+        update and moves every staged value in with one ``$merge`` (:meth:`_move_in`). Values are validated and
+        serialised by their fields as ``set_values`` does. A None is not staged in a fresh attempt (a missing value
+        reads as None, and most group / error fields are mostly None) and clears the value in a resumed one.
+
+        ``defaults`` (``{short: scalar}``, once per field): the value most of these samples hold (a "keep" flag that
+        is True but for the duplicates). The commit sets it on all of ``ids`` in the same server-side update and
+        only the other values are staged: one pass instead of a staged document per sample merged in."""
         if not self.primary:  # only rank 0 of a distributed job writes
             return
         from bson import ObjectId
@@ -405,7 +411,15 @@ class Run:
         if len(set(ids)) != len(ids):
             raise ValueError("write_columns got a sample id twice")
         clear = getattr(self, "resumed", False)  # a resumed attempt's None must clear what it staged
-        fields = [(self.field(short), self._field_objs[short], values) for short, values in columns.items()]
+        defaults = dict(defaults or {})
+        for short, value in defaults.items():
+            if short not in columns or short in self._defaults or not isinstance(value, (bool, int, float, str)):
+                raise ValueError(f"a default for {short!r} needs a scalar, a column of that field and no earlier "
+                                 "default")
+            self._field_objs[short].validate(value)
+            self._defaults[short] = (self._field_objs[short].to_mongo(value), list(ids))
+        fields = [(self.field(short), self._field_objs[short], values, short in defaults, defaults.get(short))
+                  for short, values in columns.items()]
         staging = self._staging
         direct = staging.estimated_document_count() == 0  # nothing to merge with: insert straight in
         target = staging if direct else staging.database[staging.name + ".part"]
@@ -417,13 +431,14 @@ class Run:
                 docs = []
                 for n in range(s, min(s + chunk, len(ids))):
                     doc = {}
-                    for name, field, values in fields:
+                    for name, field, values, has_default, default in fields:
                         v = values[n]
-                        if v is not None:
+                        if v is None:
+                            if clear or has_default:  # (the default would otherwise stand)
+                                doc[name] = None
+                        elif not (has_default and not clear and type(v) is type(default) and v == default):
                             field.validate(v)
                             doc[name] = field.to_mongo(v)
-                        elif clear:
-                            doc[name] = None
                     if doc:
                         docs.append({"_id": ObjectId(ids[n]), **doc})
                 if docs:
@@ -461,9 +476,11 @@ class Run:
         self.chunks_computed += 1
         return out
 
-    def tag(self, tag: str, select: Callable[[fo.Dataset], object]) -> None:
-        """At commit, ``tag`` goes on the samples ``select(dataset)`` returns (a view over the final fields)."""
-        self._tags.append((tag, select))
+    def tag(self, tag: str, select: Callable[[fo.Dataset], object], ids: list[str] | None = None) -> None:
+        """At commit, ``tag`` goes on the samples ``select(dataset)`` returns (a view over the final fields; it is
+        recorded, and a re-run or :func:`delete_run` untags exactly its samples). ``ids``: those samples, when the
+        caller knows them: they are tagged by id, without a scan of the dataset to evaluate the view."""
+        self._tags.append((tag, select, None if ids is None else list(ids)))
 
     def save_view(self, name: str, make: Callable[[fo.Dataset], object], description: str = "") -> None:
         """At commit, save the view ``make(dataset)`` as ``name`` (a view over the final fields)."""
@@ -497,8 +514,9 @@ class Run:
             # readers refuse the run while its fields are being replaced: a kill in this window leaves a record
             # saying so ("interrupted"), never a complete record over a mix of old and new fields
             self._update_record(ds, status="committing", attempt={"status": "committing", "fingerprint": self.fp})
-            _untag(ds, old)  # exactly the samples the previous run tagged, while its fields are still in place
-            self._update_record(ds, tags=[], tag_views="{}")  # untagged: a later attempt must not untag again
+            kept = self._untag_changed(ds, old)  # while the previous run's fields are still in place
+            self._update_record(ds, tags=[], tag_views="{}")  # untagged or guarded: a later attempt must not untag
+            # again by these views
             old = {**old, "tags": [], "tag_views": "{}"}
             schema = ds.get_field_schema()
             drop = [name for name in set(old.get("fields", [])) - set(final)  # e.g. a _gain field not written now
@@ -517,14 +535,18 @@ class Run:
             for view in old.get("saved_views", []):
                 if ds.has_saved_view(view) and view not in [v[0] for v in self._views]:
                     ds.delete_saved_view(view)
-            selections = {tag: select(ds) for tag, select in self._tags}
+            selections = {tag: select(ds) for tag, select, _ in self._tags}
             tag_views = {tag: view._serialize() for tag, view in selections.items()}
             views = []
             # owned before they are applied: a failure below leaves nothing that a re-run or delete_run cannot remove
             self._update_record(ds, tags=list(tag_views), tag_views=json.dumps(tag_views),
                                 saved_views=sorted({*old.get("saved_views", []), *(v[0] for v in self._views)}))
-            for tag, view in selections.items():
-                view.tag_samples(tag)
+            for tag, _, ids in self._tags:
+                if ids is None:
+                    selections[tag].tag_samples(tag)
+                else:
+                    _tag_ids(ds, [i for i in ids if i not in kept.get(tag, ())], tag)
+            _guard(ds, self.key).drop()  # the kept tags are the new views' now
             for name, make, description in self._views:
                 ds.save_view(name, make(ds), description=description, overwrite=True)
                 views.append(name)
@@ -553,20 +575,57 @@ class Run:
                 shutil.rmtree(os.path.join(run_root(self.dataset, self.key), self.fp, CHUNKS), ignore_errors=True)
         return {"run_key": self.key, **results}
 
+    def _untag_changed(self, ds: fo.Dataset, old: dict) -> dict[str, set[str]]:
+        """Remove the previous run's tags, except from the samples this run tags again with the same tag (given by
+        id to :meth:`tag`): at a re-run that finds what the last one found, no sample document is rewritten twice
+        for nothing. Those samples keep their tag through the commit and are listed in a guard collection (they
+        match neither run's recorded views while the fields are replaced), so a kill in between leaves nothing
+        that a later attempt or :func:`delete_run` cannot untag. Returns the ``{tag: ids}`` kept."""
+        from bson import ObjectId
+
+        _untag_guarded(ds, self.key)  # a killed commit's
+        new = {tag: set(ids) for tag, _, ids in self._tags if ids is not None}
+        tagged = _tagged(ds, json.loads(old.get("tag_views") or "{}"))
+        kept = {tag: [i for i in ids if i in new.get(tag, ())] for tag, ids in tagged.items()}
+        holders: dict[str, list[str]] = {}
+        for tag, ids in kept.items():
+            for i in ids:
+                holders.setdefault(i, []).append(tag)
+        items = list(holders.items())
+        for s in range(0, len(items), 100_000):
+            _guard(ds, self.key).insert_many([{"_id": ObjectId(i), "tags": t} for i, t in items[s:s + 100_000]])
+        for tag, ids in tagged.items():
+            _pull_tag(ds, [i for i in ids if i not in new.get(tag, ())], tag)
+        return {tag: set(ids) for tag, ids in kept.items()}
+
     def _move_in(self, ds: fo.Dataset, final: list[str]) -> None:
-        """Replace every sample's values of the ``final`` fields by the staged ones: one server-side ``$unset`` over
-        the samples holding an old value (outside the view, or no value now: they are cleared), then one plain
-        ``$merge`` of the staging collection into the sample documents (measured once at 50k: 5x faster than a single
-        ``$merge`` whose per-document pipeline unsets and merges); the staging collection is dropped after."""
+        """Replace every sample's values of the ``final`` fields by the staged ones: one server-side update over
+        the samples holding an old value (outside the view, or no value now: they are cleared) that also sets the
+        :meth:`write_columns` defaults (one pass over all samples when the defaults cover the dataset, else one more
+        by id), then one plain ``$merge`` of the staging collection into the sample documents (measured once at
+        50k: 5x faster than a single ``$merge`` whose per-document pipeline unsets and merges); the staging
+        collection is dropped after."""
         from datetime import datetime
 
+        from bson import ObjectId
         from fiftyone.core.sample import Sample
 
         if not final:
             return
         coll, now = ds._sample_collection, datetime.utcnow()
-        coll.update_many({"$or": [{name: {"$exists": True}} for name in final]},
-                         {"$unset": {name: "" for name in final}, "$set": {"last_modified_at": now}})
+        defaults = {self.field(short): (value, ids) for short, (value, ids) in self._defaults.items()}
+        unset = {name: "" for name in final if name not in defaults}
+        total = coll.count_documents({})
+        if defaults and all(len(ids) == total for _, ids in defaults.values()):  # (ids are distinct samples)
+            coll.update_many({}, {**({"$unset": unset} if unset else {}),
+                                  "$set": {**{name: v for name, (v, _) in defaults.items()}, "last_modified_at": now}})
+        else:
+            coll.update_many({"$or": [{name: {"$exists": True}} for name in final]},
+                             {"$unset": {name: "" for name in final}, "$set": {"last_modified_at": now}})
+            for name, (value, ids) in defaults.items():
+                for s in range(0, len(ids), 100_000):
+                    coll.update_many({"_id": {"$in": [ObjectId(i) for i in ids[s:s + 100_000]]}},
+                                     {"$set": {name: value, "last_modified_at": now}})
         self._merge_staged(coll, now)
         _drop_staging(ds, self.key)
         Sample._reload_docs(coll.name)  # in-memory samples see the new values (as set_values)
@@ -653,11 +712,12 @@ def _drop_orphan_staging(dataset: fo.Dataset) -> None:
 
 
 def staging_owner(name: str) -> str:
-    """The samples collection a staging collection belongs to: ``fo_ssl_scratch.<collection>.<key>[.part]`` with
+    """The samples collection a staging collection belongs to: ``fo_ssl_scratch.<collection>.<key>[.part|.tags]`` with
     any dots in the collection's name (``samples.<id>``, an old dataset's ``samples.2021.05.03...``, a frame-patches
     view's ``patches.frames.<id>``); run keys have none."""
     rest = name[len(SCRATCH_PREFIX):]
-    rest = rest[:-len(".part")] if rest.endswith(".part") else rest
+    for suffix in (".part", GUARD_SUFFIX):
+        rest = rest[:-len(suffix)] if rest.endswith(suffix) else rest
     return rest.rsplit(".", 1)[0]
 
 
@@ -689,13 +749,73 @@ def _same_type(have, want) -> bool:
     return type(have) is type(want) and type(getattr(have, "field", None)) is type(getattr(want, "field", None))
 
 
-def _untag(ds: fo.Dataset, cfg: dict) -> None:
-    """Remove a run's tags from exactly the samples it tagged (the recorded selections over its own fields), so a
-    user's own samples with a tag of the same name keep it."""
-    import fiftyone.core.view as fov
+def _untag(ds: fo.Dataset, cfg: dict, key: str) -> None:
+    """Remove run ``key``'s tags from exactly the samples it tagged (its recorded selections over its own fields,
+    and the samples a killed commit kept tagged), so a user's own samples with a tag of the same name keep it."""
+    _untag_guarded(ds, key)
+    for tag, ids in _tagged(ds, json.loads(cfg.get("tag_views") or "{}")).items():
+        _pull_tag(ds, ids, tag)
 
-    for tag, stages in json.loads(cfg.get("tag_views") or "{}").items():
-        fov.DatasetView._build(ds, stages).untag_samples(tag)
+
+def _tagged(ds: fo.Dataset, tag_views: dict) -> dict[str, list[str]]:
+    """``{tag: ids}``: the samples each recorded selection (a serialised view) selects that hold its tag. One scan
+    finds the samples holding any of the tags; each selection is evaluated over those alone (by id)."""
+    import fiftyone.core.stages as fost
+
+    holders = ds.match_tags(list(tag_views)).values("id") if tag_views else []
+    out = {}
+    for tag, stages in tag_views.items():
+        view = ds.select(holders)
+        for stage in stages:
+            view = view.add_stage(fost.ViewStage._from_dict(stage))
+        out[tag] = view.match_tags(tag).values("id") if holders else []
+    return out
+
+
+def _guard(ds: fo.Dataset, key: str):
+    """The collection listing the samples that keep run ``key``'s tags while a commit replaces its fields
+    (:meth:`Run._untag_changed`): ``{_id, tags}``."""
+    return ds._sample_collection.database[_scratch_name(ds, key) + GUARD_SUFFIX]
+
+
+def _untag_guarded(ds: fo.Dataset, key: str) -> None:
+    """Remove the tags a killed commit of run ``key`` kept on samples (its guard collection), then the guard."""
+    guard = _guard(ds, key)
+    by_tag: dict[str, list[str]] = {}
+    for doc in guard.find({}):
+        for tag in doc["tags"]:
+            by_tag.setdefault(tag, []).append(str(doc["_id"]))
+    for tag, ids in by_tag.items():
+        _pull_tag(ds, ids, tag)
+    guard.drop()
+
+
+def _pull_tag(ds: fo.Dataset, ids: list[str], tag: str, chunk: int = 100_000) -> None:
+    """Remove ``tag`` from samples ``ids``: one server-side update per ``chunk`` ids."""
+    _edit_tag(ds, ids, {"tags": tag}, lambda now: {"$pull": {"tags": tag}, "$set": {"last_modified_at": now}},
+              chunk)
+
+
+def _tag_ids(ds: fo.Dataset, ids: list[str], tag: str, chunk: int = 100_000) -> None:
+    """Add ``tag`` to samples ``ids`` that lack it: one server-side update per ``chunk`` ids (no read of the
+    samples first, as ``tag_samples`` does to evaluate its view; a sample whose tags are null gets a list)."""
+    _edit_tag(ds, ids, {"tags": {"$ne": tag}},
+              lambda now: [{"$set": {"tags": {"$concatArrays": [{"$ifNull": ["$tags", []]}, [tag]]},
+                                     "last_modified_at": now}}], chunk)
+
+
+def _edit_tag(ds: fo.Dataset, ids: list[str], match: dict, update: Callable, chunk: int) -> None:
+    """``update(now)`` on samples ``ids`` that match ``match``, ``chunk`` ids at a time; in-memory samples reloaded."""
+    from datetime import datetime
+
+    from bson import ObjectId
+    from fiftyone.core.sample import Sample
+
+    coll, now = ds._sample_collection, datetime.utcnow()
+    for s in range(0, len(ids), chunk):
+        coll.update_many({"_id": {"$in": [ObjectId(i) for i in ids[s:s + chunk]]}, **match}, update(now))
+    if ids:
+        Sample._reload_docs(coll.name, sample_ids=ids)
 
 
 def _remove_leftovers(root: str) -> None:
@@ -744,7 +864,7 @@ def delete_run(dataset: fo.Dataset, key: str, delete_fields: bool = True) -> Non
         except BlockingIOError:
             raise ValueError(f"run {key!r} is running; wait for it to finish before deleting it") from None
         with dataset_lock(dataset) as ds:
-            _untag(ds, cfg)  # before the fields its selections read are deleted
+            _untag(ds, cfg, key)  # before the fields its selections read are deleted
             schema = ds.get_field_schema()
             if delete_fields:
                 for name in [*cfg.get("fields", []), *(f + STAGING for f in cfg.get("fields", [])),

@@ -103,6 +103,81 @@ def test_a_run_touches_only_samples_with_a_value_and_leaves_no_scratch_collectio
     assert not [n for n in names if n.startswith("fo_ssl_scratch.")]
 
 
+def test_a_default_is_set_in_one_pass_only_exceptions_are_staged_and_tags_by_id_match_their_views(vec_dataset):
+    from fiftyone import ViewField as F
+
+    ds, ids, _ = vec_dataset
+    ds.select(ids[50]).tag_samples("k_false")  # a user's own sample with the run's tag name, outside its selection
+    fields = {"k": ("d_keep", fo.BooleanField, {}), "g": ("d_group", fo.IntField, {})}
+
+    def run_on(view, view_ids):
+        keep = [None if n == 0 else n % 7 != 0 for n in range(len(view_ids))]  # mostly True, a None, some False
+        group = [n // 7 if n % 7 == 0 else None for n in range(len(view_ids))]
+        false = [i for i, k in zip(view_ids, keep) if k is False]
+        run = runs.Run(view, "defaults", "cols_test", fields, {})
+        with run:
+            run.write_columns(view_ids, {"k": keep, "g": group}, chunk=9, defaults={"k": True})
+            # staged: the samples with a group or a non-default keep (the True ones are set at commit)
+            assert run._staging.count_documents({}) == sum(k is not True or g is not None for k, g in zip(keep, group))
+            with pytest.raises(ValueError, match="default"):
+                run.write_columns(view_ids, {"k": keep}, defaults={"k": True})  # a second default for the field
+            run.tag("k_false", lambda d: d.match(F("d_keep") == False), false)  # noqa: E712
+            run.commit()
+        return dict(zip(view_ids, keep)), dict(zip(view_ids, group)), set(false)
+
+    for view_ids in (ids, ids[10:40]):  # the whole dataset (one pass), then a view (its samples by id)
+        keep, group, false = run_on(ds.select(view_ids) if view_ids is not ids else ds, view_ids)
+        got = dict(zip(ds.values("id"), zip(ds.values("d_keep"), ds.values("d_group"))))
+        assert {i: v for i, v in got.items()} == {i: (keep.get(i), group.get(i)) for i in ids}  # outside: cleared
+        tagged = set(ds.match_tags("k_false").values("id"))
+        assert tagged == false | {ids[50]}  # by id == the recorded view, and the user's own tag kept
+        assert set(ds.match(F("d_keep") == False).values("id")) == false  # noqa: E712
+    with pytest.raises(ValueError, match="scalar"):
+        with runs.Run(ds, "defaults2", "cols_test", {"v": ("d2_v", fo.ListField, {})}, {}) as run:
+            run.write_columns(ids, {"v": [[1]] * len(ids)}, defaults={"v": [1]})
+
+
+def test_a_rerun_keeps_tags_it_would_reapply_and_a_commit_killed_meanwhile_leaves_them_removable(vec_dataset,
+                                                                                                  monkeypatch):
+    from fiftyone import ViewField as F
+
+    ds, ids, _ = vec_dataset
+    fields = {"v": ("gt_v", fo.IntField, {})}
+
+    def run(tagged):  # the samples ``tagged`` get v = 1 and the tag, the others v = 0
+        with runs.Run(ds, "guarded", "cols_test", fields, {}) as r:
+            r.write("v", ids, [int(i in tagged) for i in ids])
+            r.tag("t", lambda d: d.match(F("gt_v") == 1), [i for i in ids if i in tagged])
+            r.commit()
+
+    first, second = set(ids[:20]), set(ids[10:30])
+    run(first)
+    ds.select(ids[50]).tag_samples("t")  # a user's own sample with the run's tag name
+
+    def killed(self, coll, now):  # the old values cleared, the new not yet merged in
+        raise RuntimeError("killed")
+
+    monkeypatch.setattr(runs.Run, "_merge_staged", killed)
+    with pytest.raises(RuntimeError, match="killed"):
+        run(second)
+    guard = runs._guard(ds, "guarded")
+    assert {str(d["_id"]) for d in guard.find({})} == first & second  # kept tagged, listed
+    assert set(ds.match_tags("t").values("id")) == (first & second) | {ids[50]}  # the others untagged already
+    assert ds.count("gt_v") == 0  # no view can find the kept tags now: only the guard can
+    monkeypatch.undo()
+    third = set(ids[40:45])
+    run(third)  # the re-run (other results) removes what the guard lists, then tags afresh
+    assert set(ds.match_tags("t").values("id")) == third | {ids[50]}
+    assert guard.estimated_document_count() == 0
+    run(second)
+    assert set(ds.match_tags("t").values("id")) == second | {ids[50]}
+    run(second)  # the same result again: every tag kept, none added twice
+    assert set(ds.match_tags("t").values("id")) == second | {ids[50]}
+    assert all(t.count("t") <= 1 for t in ds.values("tags"))
+    runs.delete_run(ds, "guarded")
+    assert ds.match_tags("t").values("id") == [ids[50]]
+
+
 def test_a_resumed_attempts_none_clears_what_it_staged(vec_dataset):
     ds, ids, _ = vec_dataset
     run = runs.Run(ds, "cols3", "cols_test", {"a": ("c3_a", fo.FloatField, {})}, {})
