@@ -236,7 +236,8 @@ class Run:
         self.resumable = resumable
         self.fp = fingerprint(self.method, *(fingerprint_parts or (self.config,)))
         self._tags: list[tuple[str, Callable, list[str] | None]] = []
-        self._defaults: dict[str, tuple[object, list[str]]] = {}  # short -> (stored value, the ids that hold it)
+        self._defaults: dict[str, object] = {}  # short -> stored value, held by the samples _default_ids
+        self._default_ids: list[str] = []
         self.chunks_computed = self.chunks_resumed = 0
         self._views: list[tuple[str, Callable, str]] = []
         self._brain: list[tuple[str, Callable]] = []
@@ -412,12 +413,15 @@ class Run:
             raise ValueError("write_columns got a sample id twice")
         clear = getattr(self, "resumed", False)  # a resumed attempt's None must clear what it staged
         defaults = dict(defaults or {})
+        if defaults and self._defaults:
+            raise ValueError("defaults are given once per run, in one write_columns call")
         for short, value in defaults.items():
-            if short not in columns or short in self._defaults or not isinstance(value, (bool, int, float, str)):
-                raise ValueError(f"a default for {short!r} needs a scalar, a column of that field and no earlier "
-                                 "default")
+            if short not in columns or not isinstance(value, (bool, int, float, str)):
+                raise ValueError(f"the default of {short!r} must be a scalar, for a column written in the same call")
             self._field_objs[short].validate(value)
-            self._defaults[short] = (self._field_objs[short].to_mongo(value), list(ids))
+            self._defaults[short] = self._field_objs[short].to_mongo(value)
+        if defaults:
+            self._default_ids = list(ids)
         fields = [(self.field(short), self._field_objs[short], values, short in defaults, defaults.get(short))
                   for short, values in columns.items()]
         staging = self._staging
@@ -599,12 +603,15 @@ class Run:
         return {tag: set(ids) for tag, ids in kept.items()}
 
     def _move_in(self, ds: fo.Dataset, final: list[str]) -> None:
-        """Replace every sample's values of the ``final`` fields by the staged ones: one server-side update over
-        the samples holding an old value (outside the view, or no value now: they are cleared) that also sets the
-        :meth:`write_columns` defaults (one pass over all samples when the defaults cover the dataset, else one more
-        by id), then one plain ``$merge`` of the staging collection into the sample documents (measured once at
-        50k: 5x faster than a single ``$merge`` whose per-document pipeline unsets and merges); the staging
-        collection is dropped after."""
+        """Replace every sample's values of the ``final`` fields by the staged ones, in at most three server-side
+        steps: the :meth:`write_columns` defaults set on their samples (one update of every sample when they
+        cover the dataset, the run's other fields cleared there; on a view, every old value is cleared first and
+        the defaults are set by id), one plain ``$merge`` of the staging collection
+        into the sample documents (every run field of a staged sample set: null where nothing was staged), then
+        the samples that neither step touched and that hold an old value are cleared (outside the view, or no
+        value now). A re-run whose samples all get values rewrites each of them once; the staging collection is
+        dropped after. (Measured once at 50k: a single ``$merge`` whose per-document pipeline unsets and merges
+        was 5x slower.)"""
         from datetime import datetime
 
         from bson import ObjectId
@@ -613,27 +620,32 @@ class Run:
         if not final:
             return
         coll, now = ds._sample_collection, datetime.utcnow()
-        defaults = {self.field(short): (value, ids) for short, (value, ids) in self._defaults.items()}
-        unset = {name: "" for name in final if name not in defaults}
-        total = coll.count_documents({})
-        if defaults and all(len(ids) == total for _, ids in defaults.values()):  # (ids are distinct samples)
-            coll.update_many({}, {**({"$unset": unset} if unset else {}),
-                                  "$set": {**{name: v for name, (v, _) in defaults.items()}, "last_modified_at": now}})
-        else:
-            coll.update_many({"$or": [{name: {"$exists": True}} for name in final]},
-                             {"$unset": {name: "" for name in final}, "$set": {"last_modified_at": now}})
-            for name, (value, ids) in defaults.items():
+        if self._defaults:
+            update = {"$set": {**{self.field(short): v for short, v in self._defaults.items()}, "last_modified_at": now}}
+            unset = {name: "" for name in final if name not in update["$set"]}
+            update.update({"$unset": unset} if unset else {})
+            ids = self._default_ids
+            if len(ids) == coll.count_documents({}):  # every sample (the ids are distinct samples of the dataset)
+                coll.update_many({}, update)
+            else:  # a view: every old value cleared first, then the defaults set on its samples
+                coll.update_many({"$or": [{name: {"$exists": True}} for name in final]},
+                                 {"$unset": {name: "" for name in final}, "$set": {"last_modified_at": now}})
                 for s in range(0, len(ids), 100_000):
-                    coll.update_many({"_id": {"$in": [ObjectId(i) for i in ids[s:s + 100_000]]}},
-                                     {"$set": {name: value, "last_modified_at": now}})
+                    coll.update_many({"_id": {"$in": [ObjectId(i) for i in ids[s:s + 100_000]]}}, update)
         self._merge_staged(coll, now)
+        coll.update_many({"$or": [{name: {"$exists": True}} for name in final], "last_modified_at": {"$ne": now}},
+                         {"$unset": {name: "" for name in final}, "$set": {"last_modified_at": now}})
         _drop_staging(ds, self.key)
         Sample._reload_docs(coll.name)  # in-memory samples see the new values (as set_values)
 
     def _merge_staged(self, coll, now) -> None:
-        """The staged documents into the sample documents (their fields set, the others left alone)."""
-        self._staging.update_many({}, {"$set": {"last_modified_at": now}})  # the small staged documents
-        self._staging.aggregate([{"$merge": {"into": coll.name, "on": "_id", "whenMatched": "merge",
+        """The staged documents into the sample documents: every run field set (null where the staged document
+        has no value; a field with a default keeps the default already set) and ``last_modified_at`` = ``now``,
+        the sample's other fields left alone."""
+        fill = {name: {"$ifNull": ["$" + name, None]} for short, (name, _, _) in self.fields.items()
+                if short not in self._defaults}
+        self._staging.aggregate([{"$set": {**fill, "last_modified_at": now}},
+                                 {"$merge": {"into": coll.name, "on": "_id", "whenMatched": "merge",
                                              "whenNotMatched": "discard"}}])
 
     def _check_names(self, ds: fo.Dataset, old: dict) -> None:

@@ -9,8 +9,9 @@ pause: where the worker stops and waits to be killed, so the kill always lands a
                      written: e.g. the first chunk of embeddings staged);
   ``epoch:E``     -- inside proxy training, at the second batch of epoch E (0-based): the state file holds the
                      epochs before E and one optimiser step of epoch E is only in memory;
-  ``commit``      -- inside the commit, after the previous run's tags and values were removed and before the
-                     staged values are merged into the sample documents (neither run's values are in place).
+  ``commit``      -- inside the commit, after the previous run's tags were removed (or listed to be) and before
+                     the staged values are merged into the sample documents (the old values, without their
+                     record: the run is recorded as committing).
 Every progress report is appended to the signal file as ``progress <fraction> <label>``; the pause writes
 ``paused <what>`` and then sleeps until the test kills the process. If the stage ends it writes ``finished``.
 """
@@ -47,8 +48,8 @@ def main() -> None:
     if kind == "commit":
         from fo_plugin import runs
 
-        def merge_staged(self, coll, now):  # the commit has removed the previous run's tags and values
-            wait_for_kill("commit between clearing the old values and merging the new")
+        def merge_staged(self, coll, now):  # the commit has removed the previous run's tags
+            wait_for_kill("commit before merging the new values")
 
         runs.Run._merge_staged = merge_staged
 

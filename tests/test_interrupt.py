@@ -278,7 +278,8 @@ def test_kill_inside_the_swap_leaves_a_record_readers_refuse_and_the_rerun_repai
     kill_inside(ds, "clcore", {"run_key": "cl_e", "_first": SMALL, **CLCORE}, "commit", tmp_path)
     cfg = fo_plugin.get_run_config(ds, "cl_e")
     assert cfg["status"] == "committing"
-    assert all(v is None for v in values(ds, "cl_e_score"))  # killed after the old values were cleared
+    assert any(v is not None for v in values(ds, "cl_e_score"))  # killed before the new values were merged in:
+    # the old ones are still there, and no reader may take them for a complete run's
     with pytest.raises(ValueError, match="'cl_e' was interrupted"):
         runs.require(ds, "cl_e", "clcore", "compute_clcore")
     from fo_plugin.export import curation_plan

@@ -238,25 +238,30 @@ def build_index(z: np.ndarray | torch.Tensor, method: str = "ivf", nlist: int | 
 
 
 def index_search(index, q: np.ndarray | torch.Tensor, k: int, nprobe: int | None = None,
-                 self_ids: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+                 self_ids: np.ndarray | None = None, chunk: int = 8192) -> tuple[np.ndarray, np.ndarray]:
     """Top-k of unit query rows ``q`` (Nq, D) in a :func:`build_index` index; ``self_ids`` (Nq,) = the index row
     each query is (excluded). ``nprobe``: IVF cells per query (default: 16, or enough cells to hold ~4 k rows) or
-    HNSW efSearch
-    (default max(64, 2k)). Returns int64 (Nq, k) indices (-1 = not found) and float32 similarities, best first."""
+    HNSW efSearch (default max(64, 2k)). Searched ``chunk`` queries at a time into the result arrays (faiss's
+    per-query work tables stay that small). Returns int64 (Nq, k) indices (-1 = not found) and float32
+    similarities, best first."""
     import faiss
 
-    qc = np.ascontiguousarray(to_numpy(q))
+    qc = to_numpy(q)
     extra = 0 if self_ids is None else 1
     if isinstance(index, faiss.IndexHNSWFlat):
         params = faiss.SearchParametersHNSW(efSearch=max(nprobe or 64, 2 * (k + extra)))
     else:
         nprobe = nprobe or max(16, math.ceil(4 * (k + extra) * index.nlist / max(index.ntotal, 1)))
         params = faiss.SearchParametersIVF(nprobe=min(nprobe, index.nlist))
-    sim, idx = index.search(qc, k + extra, params=params)
-    if self_ids is not None:
-        idx, sim = _drop_self(idx, sim, np.asarray(self_ids), k)
+    idx = np.empty((len(qc), k), np.int64)
+    sim = np.empty((len(qc), k), np.float32)
+    for s in range(0, len(qc), chunk):
+        part_s, part_i = index.search(np.ascontiguousarray(qc[s:s + chunk]), k + extra, params=params)
+        if self_ids is not None:
+            part_i, part_s = _drop_self(part_i, part_s, np.asarray(self_ids)[s:s + chunk], k)
+        idx[s:s + chunk], sim[s:s + chunk] = part_i, part_s
     sim[idx < 0] = -1.0
-    return idx.astype(np.int64, copy=False), sim.astype(np.float32, copy=False)
+    return idx, sim
 
 
 def kth_neighbour_distances(x: np.ndarray | torch.Tensor, ks: tuple[int, ...] | list[int], method: str = "auto",
