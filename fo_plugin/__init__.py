@@ -59,11 +59,11 @@ def find_near_duplicates(samples, run_key="dups", **kwargs):
     return f(samples, run_key, **kwargs)
 
 
-def load_duplicate_pairs(dataset, run_key="dups", ids=None):
+def load_duplicate_pairs(dataset, run_key="dups", ids=None, columns=False):
     """See :func:`fo_plugin.duplicates.load_duplicate_pairs`."""
     from .duplicates import load_duplicate_pairs as f
 
-    return f(dataset, run_key, ids)
+    return f(dataset, run_key, ids, columns)
 
 
 def find_outliers(samples, run_key="outliers", **kwargs):

@@ -321,13 +321,17 @@ def _keep_only(path: str) -> None:
             os.remove(os.path.join(folder, other))
 
 
-def load_duplicate_pairs(dataset: fo.Dataset, run_key: str = "dups", ids=None) -> list[dict]:
+def load_duplicate_pairs(dataset: fo.Dataset, run_key: str = "dups", ids=None, columns: bool = False
+                         ) -> list[dict] | dict[str, np.ndarray]:
     """The confirmed pairs of near-duplicates run ``run_key``: one dict per pair with ``a`` and ``b`` (sample ids),
     ``kind`` ("near" or "exact") and the evidence the run recorded (``score``: how sure the match is, ``cosine``,
     ``aligned``, ``layout``, ``detail``, ``patch``, ``influence``); only the pairs between two of ``ids`` when
     given (a group's members, say: the table's id and pair columns are scanned, and dicts are made for the matching
     pairs only). Pairs may name samples deleted since the run. The table is a file in this machine's run cache
-    (``FO_SSL_CACHE_DIR``), recorded on the run; runs made before it existed kept their pairs in the results."""
+    (``FO_SSL_CACHE_DIR``), recorded on the run; runs made before it existed kept their pairs in the results.
+
+    ``columns=True``: the pairs as arrays, no dict per pair (for millions of pairs): ``ids`` (M,) str, ``a`` and
+    ``b`` int64 rows into ``ids``, ``exact`` bool, and one float64 array per kind of evidence (NaN: none)."""
     cfg = runs.require(dataset, run_key, "near_duplicates", "find_near_duplicates")
     results = runs.load_results(dataset, run_key)
     wanted = None if ids is None else [ids] if isinstance(ids, str) else list(ids)
@@ -336,8 +340,8 @@ def load_duplicate_pairs(dataset: fo.Dataset, run_key: str = "dups", ids=None) -
             raise ValueError(f"near-duplicates run {run_key!r} kept its pairs in a form this version does not read; "
                              "run find_near_duplicates again")
         keep = None if wanted is None else set(wanted)
-        return [dict(p) for p in results.get("pairs", [])
-                if keep is None or (p.get("a") in keep and p.get("b") in keep)]
+        pairs = [dict(p) for p in results.get("pairs", []) if keep is None or (p.get("a") in keep and p.get("b") in keep)]
+        return _pair_columns(pairs) if columns else pairs
     folder = cfg.get("artifacts")
     path = os.path.join(runs.run_root(dataset, run_key), os.path.basename(folder or ""), results["pair_table"])
     if not folder or not os.path.isfile(path):
@@ -351,6 +355,9 @@ def load_duplicate_pairs(dataset: fo.Dataset, run_key: str = "dups", ids=None) -
             member = np.isin(table_ids, np.asarray(wanted, dtype=np.bytes_))
             rows = np.flatnonzero(member[a] & member[b])
         cols = {k: f[k][rows] for k in f.files if k not in ("ids", "a", "b", "exact")}
+    if columns:
+        return {"ids": table_ids.astype(str), "a": a[rows].astype(np.int64), "b": b[rows].astype(np.int64),
+                "exact": exact[rows].astype(bool), **{k: v.astype(np.float64) for k, v in cols.items()}}
     out = []
     for n, r in enumerate(rows):
         pair = {"a": table_ids[a[r]].decode(), "b": table_ids[b[r]].decode(), "kind": "exact" if exact[r] else "near"}
@@ -358,6 +365,17 @@ def load_duplicate_pairs(dataset: fo.Dataset, run_key: str = "dups", ids=None) -
         pair.update({name: float(v[n]) for name, v in cols.items() if not (exact[r] and np.isnan(v[n]))})
         out.append(pair)
     return out
+
+
+def _pair_columns(pairs: list[dict]) -> dict[str, np.ndarray]:
+    """Pair dicts (an earlier version's results) as :func:`load_duplicate_pairs` columns."""
+    ids = sorted({p[c] for p in pairs for c in ("a", "b")})
+    row = {i: n for n, i in enumerate(ids)}
+    names = sorted({k for p in pairs for k in p} - {"a", "b", "kind"})
+    return {"ids": np.array(ids, dtype=str), "a": np.array([row[p["a"]] for p in pairs], np.int64),
+            "b": np.array([row[p["b"]] for p in pairs], np.int64),
+            "exact": np.array([p.get("kind") == "exact" for p in pairs], bool),
+            **{k: np.array([p.get(k, np.nan) for p in pairs], np.float64) for k in names}}
 
 
 def _chain(group: np.ndarray) -> list[tuple[int, int]]:

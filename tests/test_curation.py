@@ -49,6 +49,10 @@ def test_near_duplicates_recall_precision_and_one_representative_per_group(curat
     assert {p["a"] for p in pairs if p["kind"] == "exact"} | {p["b"] for p in pairs if p["kind"] == "exact"} \
         == exact_ids | set(exact.values("dup_source"))
     assert all(p["score"] == 1.0 and "detail" not in p for p in pairs if p["kind"] == "exact")
+    cols = fo_plugin.load_duplicate_pairs(ds, "dups", columns=True)  # the same pairs as arrays
+    assert [(cols["ids"][a], cols["ids"][b], bool(e), float(s)) for a, b, e, s in
+            zip(cols["a"], cols["b"], cols["exact"], cols["score"])] == \
+        [(p["a"], p["b"], p["kind"] == "exact", p["score"]) for p in pairs]
     some = {pairs[0]["a"], pairs[0]["b"]}
     sub = fo_plugin.load_duplicate_pairs(ds, "dups", ids=some)
     assert sub and all({p["a"], p["b"]} <= some for p in sub)

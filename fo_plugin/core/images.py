@@ -112,6 +112,9 @@ def _load_plain_jpeg(path: str, size: int) -> np.ndarray | None:
         return None
     try:
         with open(path, "rb", buffering=0) as f:
+            if f.read(3) != b"\xff\xd8\xff":  # not a JPEG: PIL's path reads it (only 3 bytes read here)
+                return None
+            f.seek(0)
             data = f.readall()
     except OSError:
         return None
