@@ -27,10 +27,12 @@ def main() -> None:
     ap.add_argument("--only", nargs="+", choices=names, help="run only these benchmarks")
     ap.add_argument("--skip", nargs="+", choices=names, default=[], help="leave these out")
     ap.add_argument("--sizes", type=int, nargs="+", help="N of the Brain comparison (bench_scale; default 10k 50k)")
+    ap.add_argument("--repeat", type=int, default=3,
+                    help="runs of each stage of the Brain comparison, ours and Brain's side by side (medians)")
     ap.add_argument("--io-sizes", type=int, nargs="+", help="N of the FiftyOne I/O benchmark (default 200k)")
     ap.add_argument("--device", help="device of the benchmarks that take one (embeddings, influence)")
     args = ap.parse_args()
-    extra = {"scale": ["--sizes", *map(str, args.sizes)] if args.sizes else [],
+    extra = {"scale": [*(["--sizes", *map(str, args.sizes)] if args.sizes else []), "--repeat", str(args.repeat)],
              "io": ["--sizes", *map(str, args.io_sizes)] if args.io_sizes else []}
     if args.device:
         extra.update({name: ["--device", args.device] for name in DEVICE_BENCHES})
