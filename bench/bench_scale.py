@@ -246,7 +246,8 @@ def _with_imports(r: dict) -> float:
 
 
 def _median_run(runs: list[dict]) -> dict:
-    """The repeats of one stage as one result: the median time, the highest peak memory, the lowest recall."""
+    """The repeats of one stage as one result: the median time (of an even count, the faster middle run), the
+    highest peak memory, the lowest recall."""
     if any("failed" in r for r in runs):
         return next(r for r in runs if "failed" in r)
     out = dict(sorted(runs, key=lambda r: r["seconds"])[(len(runs) - 1) // 2])

@@ -89,7 +89,10 @@ def _priority(samples, ids: list[str], paths: list[str], pos: np.ndarray, policy
     if field not in samples.get_field_schema():
         raise ValueError(f"keep={policy!r} needs field {field!r}: run "
                          f"{'compute_clcore' if policy == 'clcore' else 'compute_ssl_influence'} first")
-    by_id = dict(zip(*samples.select([ids[r] for r in rows]).values(["id", field])))
+    members = [ids[r] for r in rows]
+    by_id = {}
+    for s in range(0, len(members), runs.ID_CHUNK):  # (an id list in one query is capped by MongoDB's 16 MB)
+        by_id.update(zip(*samples.select(members[s:s + runs.ID_CHUNK]).values(["id", field])))
     vals = np.array([by_id.get(ids[r]) if by_id.get(ids[r]) is not None else np.nan for r in rows], dtype=float)
     out[rows] = np.nan_to_num(vals if policy == "clcore" else -vals, nan=-np.inf)
     return out

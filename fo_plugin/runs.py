@@ -2,8 +2,8 @@
 
 A run of one of our methods goes: validate (nothing touched) -> lock the run key -> compute -> stage every value in
 the run's *staging collection* (a scratch database collection, one per dataset and run key; no sample document is
-touched) -> commit (two server-side passes: an ``$unset`` of the previous run's values, a ``$merge`` of the staged
-ones into the sample documents; then re-tag, save the views, record the run as ``complete``).
+touched) -> commit (a server-side ``$merge`` of the staged values into the sample documents, the previous run's
+values cleared where no new one came; then re-tag, save the views, record the run as ``complete``).
 A failure at any point before the commit drops the staging collection (an interruption keeps it, for a resume) and
 leaves the previous run's fields, tags, views and record as they were (the record notes the failed attempt); a run
 with no previous result is recorded ``failed`` with the error. Fields are written only for the target view: after
@@ -45,6 +45,7 @@ STAGING = "_ssl_staging"  # staged sample fields of earlier versions (removed wh
 _KEY_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
 SCRATCH_PREFIX = "fo_ssl_scratch."  # + "<samples collection>.<run key>": a run's staging collection
 GUARD_SUFFIX = ".tags"  # + after a staging collection's name: the samples a commit keeps tagged (Run._untag_changed)
+ID_CHUNK = 100_000  # ids in one query (MongoDB caps a command at 16 MB)
 MAX_KEY_LEN = 64  # a run's staging collection is named after its key, and MongoDB caps a namespace at 255 bytes
 
 
@@ -393,8 +394,8 @@ class Run:
 
         The values go into the run's staging collection, one small document per sample (a plain insert, ``chunk``
         documents at a time: bounded memory; a later call's values are merged into the same documents server-side).
-        No sample document is touched before :meth:`commit`, which clears the run's old values with one server-side
-        update and moves every staged value in with one ``$merge`` (:meth:`_move_in`). Values are validated and
+        No sample document is touched before :meth:`commit`, which moves every staged value in with one server-side
+        ``$merge`` and clears the old values of the samples that get none now (:meth:`_move_in`). Values are validated and
         serialised by their fields as ``set_values`` does. A None is not staged in a fresh attempt (a missing value
         reads as None, and most group / error fields are mostly None) and clears the value in a resumed one.
 
@@ -419,11 +420,12 @@ class Run:
             if short not in columns or not isinstance(value, (bool, int, float, str)):
                 raise ValueError(f"the default of {short!r} must be a scalar, for a column written in the same call")
             self._field_objs[short].validate(value)
-            self._defaults[short] = self._field_objs[short].to_mongo(value)
         if defaults:
+            self._defaults = {short: self._field_objs[short].to_mongo(v) for short, v in defaults.items()}
             self._default_ids = list(ids)
-        fields = [(self.field(short), self._field_objs[short], values, short in defaults, defaults.get(short))
-                  for short, values in columns.items()]
+        # (name, field, values, skip values equal to this default, stage None: a default would otherwise stand)
+        fields = [(self.field(short), self._field_objs[short], values, short in defaults and not clear,
+                   defaults.get(short), clear or short in self._defaults) for short, values in columns.items()]
         staging = self._staging
         direct = staging.estimated_document_count() == 0  # nothing to merge with: insert straight in
         target = staging if direct else staging.database[staging.name + ".part"]
@@ -435,12 +437,12 @@ class Run:
                 docs = []
                 for n in range(s, min(s + chunk, len(ids))):
                     doc = {}
-                    for name, field, values, has_default, default in fields:
+                    for name, field, values, skip, default, stage_none in fields:
                         v = values[n]
                         if v is None:
-                            if clear or has_default:  # (the default would otherwise stand)
+                            if stage_none:
                                 doc[name] = None
-                        elif not (has_default and not clear and type(v) is type(default) and v == default):
+                        elif not (skip and type(v) is type(default) and v == default):
                             field.validate(v)
                             doc[name] = field.to_mongo(v)
                     if doc:
@@ -483,7 +485,8 @@ class Run:
     def tag(self, tag: str, select: Callable[[fo.Dataset], object], ids: list[str] | None = None) -> None:
         """At commit, ``tag`` goes on the samples ``select(dataset)`` returns (a view over the final fields; it is
         recorded, and a re-run or :func:`delete_run` untags exactly its samples). ``ids``: those samples, when the
-        caller knows them: they are tagged by id, without a scan of the dataset to evaluate the view."""
+        caller knows them: they are tagged by id, without a scan of the dataset to evaluate the view. They must be
+        exactly the samples ``select`` returns over the final fields (a sample outside it would keep the tag)."""
         self._tags.append((tag, select, None if ids is None else list(ids)))
 
     def save_view(self, name: str, make: Callable[[fo.Dataset], object], description: str = "") -> None:
@@ -596,45 +599,57 @@ class Run:
             for i in ids:
                 holders.setdefault(i, []).append(tag)
         items = list(holders.items())
-        for s in range(0, len(items), 100_000):
-            _guard(ds, self.key).insert_many([{"_id": ObjectId(i), "tags": t} for i, t in items[s:s + 100_000]])
+        for s in range(0, len(items), ID_CHUNK):
+            _guard(ds, self.key).insert_many([{"_id": ObjectId(i), "tags": t} for i, t in items[s:s + ID_CHUNK]])
         for tag, ids in tagged.items():
             _pull_tag(ds, [i for i in ids if i not in new.get(tag, ())], tag)
         return {tag: set(ids) for tag, ids in kept.items()}
 
     def _move_in(self, ds: fo.Dataset, final: list[str]) -> None:
-        """Replace every sample's values of the ``final`` fields by the staged ones, in at most three server-side
-        steps: the :meth:`write_columns` defaults set on their samples (one update of every sample when they
-        cover the dataset, the run's other fields cleared there; on a view, every old value is cleared first and
-        the defaults are set by id), one plain ``$merge`` of the staging collection
-        into the sample documents (every run field of a staged sample set: null where nothing was staged), then
-        the samples that neither step touched and that hold an old value are cleared (outside the view, or no
-        value now). A re-run whose samples all get values rewrites each of them once; the staging collection is
-        dropped after. (Measured once at 50k: a single ``$merge`` whose per-document pipeline unsets and merges
-        was 5x slower.)"""
+        """Replace every sample's values of the ``final`` fields by the staged ones. Without :meth:`write_columns`
+        defaults: one plain ``$merge`` of the staging collection into the sample documents (every run field of a
+        staged sample set, null where nothing was staged, ``last_modified_at`` = the commit's time), then the
+        samples holding an old value that the merge did not touch (outside the view, or no value now) are cleared
+        (one written by another process meanwhile only if it was not staged): a re-run whose samples all get
+        values rewrites each once. With defaults, the old values are cleared and the defaults set first (one update of every sample when
+        they cover the dataset, else a clearing pass and an update by id), then the ``$merge``. The staging
+        collection is dropped after. (Measured once at 50k: a single ``$merge`` whose per-document pipeline unsets
+        and merges was 5x slower.)"""
         from datetime import datetime
 
-        from bson import ObjectId
         from fiftyone.core.sample import Sample
 
         if not final:
             return
+        time.sleep(0.002)  # (``now`` is later than this commit's earlier writes: the untagging's)
         coll, now = ds._sample_collection, datetime.utcnow()
+        clear = {"$unset": {name: "" for name in final}, "$set": {"last_modified_at": now}}
         if self._defaults:
             update = {"$set": {**{self.field(short): v for short, v in self._defaults.items()}, "last_modified_at": now}}
             unset = {name: "" for name in final if name not in update["$set"]}
             update.update({"$unset": unset} if unset else {})
-            ids = self._default_ids
-            if len(ids) == coll.count_documents({}):  # every sample (the ids are distinct samples of the dataset)
+            if len(self._default_ids) == coll.count_documents({}):  # every sample (the ids are distinct samples)
                 coll.update_many({}, update)
             else:  # a view: every old value cleared first, then the defaults set on its samples
-                coll.update_many({"$or": [{name: {"$exists": True}} for name in final]},
-                                 {"$unset": {name: "" for name in final}, "$set": {"last_modified_at": now}})
-                for s in range(0, len(ids), 100_000):
-                    coll.update_many({"_id": {"$in": [ObjectId(i) for i in ids[s:s + 100_000]]}}, update)
-        self._merge_staged(coll, now)
-        coll.update_many({"$or": [{name: {"$exists": True}} for name in final], "last_modified_at": {"$ne": now}},
-                         {"$unset": {name: "" for name in final}, "$set": {"last_modified_at": now}})
+                coll.update_many(_holding(final), clear)
+                _update_ids(coll, self._default_ids, {}, update)
+            self._merge_staged(coll, now)
+        else:
+            self._merge_staged(coll, now)  # (the merged samples' last_modified_at is now)
+            coll.update_many({**_holding(final), "last_modified_at": {"$not": {"$gte": now}}}, clear)  # untouched
+            # a sample another process wrote meanwhile is cleared only if it was not staged
+            stale = coll.aggregate([{"$match": {**_holding(final), "last_modified_at": {"$gt": now}}},
+                                    {"$project": {"_id": 1}},
+                                    {"$lookup": {"from": self._staging.name, "localField": "_id",
+                                                 "foreignField": "_id", "as": "staged"}},
+                                    {"$match": {"staged": {"$size": 0}}}, {"$project": {"_id": 1}}])
+            batch: list = []
+            for doc in stale:
+                batch.append(doc["_id"])
+                if len(batch) == ID_CHUNK:
+                    _update_ids(coll, batch, {}, clear)
+                    batch = []
+            _update_ids(coll, batch, {}, clear)
         _drop_staging(ds, self.key)
         Sample._reload_docs(coll.name)  # in-memory samples see the new values (as set_values)
 
@@ -719,18 +734,21 @@ def _drop_orphan_staging(dataset: fo.Dataset) -> None:
     db = dataset._sample_collection.database
     live = {d.get("sample_collection_name") for d in db.datasets.find({}, {"sample_collection_name": 1})}
     for name in db.list_collection_names():
-        if name.startswith(SCRATCH_PREFIX) and staging_owner(name) not in live:
+        if name.startswith(SCRATCH_PREFIX) and not staging_owners(name) & live:
             db.drop_collection(name)
 
 
-def staging_owner(name: str) -> str:
-    """The samples collection a staging collection belongs to: ``fo_ssl_scratch.<collection>.<key>[.part|.tags]`` with
-    any dots in the collection's name (``samples.<id>``, an old dataset's ``samples.2021.05.03...``, a frame-patches
-    view's ``patches.frames.<id>``); run keys have none."""
+def staging_owners(name: str) -> set[str]:
+    """The samples collections a staging collection may belong to: ``fo_ssl_scratch.<collection>.<key>`` with an
+    optional ``.part`` / ``.tags`` suffix, any dots in the collection's name (``samples.<id>``, an old dataset's
+    ``samples.2021.05.03...``, a frame-patches view's ``patches.frames.<id>``) and none in run keys. A run key may
+    itself be ``part`` or ``tags``: each reading is a candidate, and a collection is an orphan only if none is live."""
     rest = name[len(SCRATCH_PREFIX):]
+    owners = {rest.rsplit(".", 1)[0]}
     for suffix in (".part", GUARD_SUFFIX):
-        rest = rest[:-len(suffix)] if rest.endswith(suffix) else rest
-    return rest.rsplit(".", 1)[0]
+        if rest.endswith(suffix):
+            owners.add(rest[:-len(suffix)].rsplit(".", 1)[0])
+    return owners
 
 
 def _drop_staging(dataset: fo.Dataset, key: str) -> None:
@@ -775,12 +793,13 @@ def _tagged(ds: fo.Dataset, tag_views: dict) -> dict[str, list[str]]:
     import fiftyone.core.stages as fost
 
     holders = ds.match_tags(list(tag_views)).values("id") if tag_views else []
-    out = {}
-    for tag, stages in tag_views.items():
-        view = ds.select(holders)
-        for stage in stages:
-            view = view.add_stage(fost.ViewStage._from_dict(stage))
-        out[tag] = view.match_tags(tag).values("id") if holders else []
+    out: dict[str, list[str]] = {tag: [] for tag in tag_views}
+    for s in range(0, len(holders), ID_CHUNK):  # (an id list in one query is capped by MongoDB's 16 MB)
+        for tag, stages in tag_views.items():
+            view = ds.select(holders[s:s + ID_CHUNK])
+            for stage in stages:
+                view = view.add_stage(fost.ViewStage._from_dict(stage))
+            out[tag] += view.match_tags(tag).values("id")
     return out
 
 
@@ -802,30 +821,37 @@ def _untag_guarded(ds: fo.Dataset, key: str) -> None:
     guard.drop()
 
 
-def _pull_tag(ds: fo.Dataset, ids: list[str], tag: str, chunk: int = 100_000) -> None:
-    """Remove ``tag`` from samples ``ids``: one server-side update per ``chunk`` ids."""
-    _edit_tag(ds, ids, {"tags": tag}, lambda now: {"$pull": {"tags": tag}, "$set": {"last_modified_at": now}},
-              chunk)
-
-
-def _tag_ids(ds: fo.Dataset, ids: list[str], tag: str, chunk: int = 100_000) -> None:
-    """Add ``tag`` to samples ``ids`` that lack it: one server-side update per ``chunk`` ids (no read of the
-    samples first, as ``tag_samples`` does to evaluate its view; a sample whose tags are null gets a list)."""
-    _edit_tag(ds, ids, {"tags": {"$ne": tag}},
-              lambda now: [{"$set": {"tags": {"$concatArrays": [{"$ifNull": ["$tags", []]}, [tag]]},
-                                     "last_modified_at": now}}], chunk)
-
-
-def _edit_tag(ds: fo.Dataset, ids: list[str], match: dict, update: Callable, chunk: int) -> None:
-    """``update(now)`` on samples ``ids`` that match ``match``, ``chunk`` ids at a time; in-memory samples reloaded."""
+def _pull_tag(ds: fo.Dataset, ids: list[str], tag: str) -> None:
+    """Remove ``tag`` from samples ``ids`` (server-side updates by id)."""
     from datetime import datetime
 
+    _update_ids(ds._sample_collection, ids, {"tags": tag},
+                {"$pull": {"tags": tag}, "$set": {"last_modified_at": datetime.utcnow()}})
+
+
+def _tag_ids(ds: fo.Dataset, ids: list[str], tag: str) -> None:
+    """Add ``tag`` to samples ``ids`` that lack it: server-side updates by id (no read of the samples first, as
+    ``tag_samples`` does to evaluate its view; a sample whose tags are null gets a list)."""
+    from datetime import datetime
+
+    _update_ids(ds._sample_collection, ids, {"tags": {"$ne": tag}},
+                [{"$set": {"tags": {"$concatArrays": [{"$ifNull": ["$tags", []]}, {"$literal": [tag]}]},
+                           "last_modified_at": datetime.utcnow()}}])
+
+
+def _holding(final: list[str]) -> dict:
+    """The query of the samples holding a value of any of the fields ``final``."""
+    return {"$or": [{name: {"$exists": True}} for name in final]}
+
+
+def _update_ids(coll, ids: list, match: dict, update) -> None:
+    """``update`` on the documents ``ids`` (str or ObjectId) that match ``match``, ``ID_CHUNK`` ids a query (an id
+    list is capped by MongoDB's 16 MB a command); in-memory samples reloaded."""
     from bson import ObjectId
     from fiftyone.core.sample import Sample
 
-    coll, now = ds._sample_collection, datetime.utcnow()
-    for s in range(0, len(ids), chunk):
-        coll.update_many({"_id": {"$in": [ObjectId(i) for i in ids[s:s + chunk]]}, **match}, update(now))
+    for s in range(0, len(ids), ID_CHUNK):
+        coll.update_many({"_id": {"$in": [ObjectId(i) for i in ids[s:s + ID_CHUNK]]}, **match}, update)
     if ids:
         Sample._reload_docs(coll.name, sample_ids=ids)
 

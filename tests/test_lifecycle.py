@@ -204,13 +204,16 @@ def test_a_deleted_datasets_staging_is_dropped_and_an_overlong_run_key_refused(v
     gone = fo.Dataset()
     gone.add_sample(fo.Sample(filepath="/nowhere/a.jpg"))
     orphan, live = runs._scratch_name(gone, "o"), runs._scratch_name(vecs, "killed")
-    for name in (orphan, orphan + ".part", orphan + runs.GUARD_SUFFIX, live, live + runs.GUARD_SUFFIX):
+    tags_key = runs._scratch_name(vecs, "tags")  # a live run keyed "tags": its staging is not an orphan's guard
+    for name in (orphan, orphan + ".part", orphan + runs.GUARD_SUFFIX, live, live + runs.GUARD_SUFFIX, tags_key):
         # what killed runs left: one on a dataset deleted since
         db[name].insert_one({"x": 1})
     gone.delete()
     fo_plugin.find_outliers(vecs, "o", image_stats=False)
     names = db.list_collection_names()
     assert orphan not in names and orphan + ".part" not in names and orphan + runs.GUARD_SUFFIX not in names
+    assert tags_key in names
+    db.drop_collection(tags_key)
     assert live in names and live + runs.GUARD_SUFFIX in names  # a live dataset's killed run keeps its staged
     db.drop_collection(live)  # values (a re-run may resume them) and the tags it has to remove
     db.drop_collection(live + runs.GUARD_SUFFIX)
@@ -218,8 +221,10 @@ def test_a_deleted_datasets_staging_is_dropped_and_an_overlong_run_key_refused(v
         fo_plugin.find_outliers(vecs, "k" * 65, image_stats=False)
     assert not vecs.has_sample_field("k" * 65 + "_score")
     for coll in ("samples.2021.05.03.12.34.56", "patches.frames.6523f0", vecs._sample_collection_name):
-        for tail in (".key", ".key.part", ".key" + runs.GUARD_SUFFIX):
-            assert runs.staging_owner(runs.SCRATCH_PREFIX + coll + tail) == coll  # dots in collection names
+        for key in ("key", "part", "tags"):  # (run keys may read like a suffix)
+            for tail in ("", ".part", runs.GUARD_SUFFIX):
+                name = runs.SCRATCH_PREFIX + coll + "." + key + tail
+                assert coll in runs.staging_owners(name)  # dots in collection names
 
 
 def test_representative_policies_are_checked_before_anything_runs(vecs):

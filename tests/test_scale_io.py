@@ -110,8 +110,12 @@ def test_a_default_is_set_in_one_pass_only_exceptions_are_staged_and_tags_by_id_
     ds.select(ids[50]).tag_samples("k_false")  # a user's own sample with the run's tag name, outside its selection
     fields = {"k": ("d_keep", fo.BooleanField, {}), "g": ("d_group", fo.IntField, {})}
 
-    def run_on(view, view_ids):
-        keep = [None if n == 0 else n % 7 != 0 for n in range(len(view_ids))]  # mostly True, a None, some False
+    from bson import ObjectId
+
+    ds._sample_collection.update_one({"_id": ObjectId(ids[21])}, {"$set": {"tags": None}})  # null tags, tagged below
+
+    def run_on(view, view_ids, every=7):
+        keep = [None if n == 0 else n % every != 0 for n in range(len(view_ids))]  # mostly True, a None, some False
         group = [n // 5 if n % 5 == 0 else None for n in range(len(view_ids))]  # staged, most keep the default
         false = [i for i, k in zip(view_ids, keep) if k is False]
         run = runs.Run(view, "defaults", "cols_test", fields, {})
@@ -125,13 +129,21 @@ def test_a_default_is_set_in_one_pass_only_exceptions_are_staged_and_tags_by_id_
             run.commit()
         return dict(zip(view_ids, keep)), dict(zip(view_ids, group)), set(false)
 
-    for view_ids in (ids, ids[10:40]):  # the whole dataset (one pass), then a view (its samples by id)
-        keep, group, false = run_on(ds.select(view_ids) if view_ids is not ids else ds, view_ids)
+    # the whole dataset (one pass), again with other exceptions (False -> the default), then a view (by id)
+    for view_ids, every in ((ids, 7), (ids, 3), (ids[10:40], 7)):
+        keep, group, false = run_on(ds.select(view_ids) if view_ids is not ids else ds, view_ids, every)
         got = dict(zip(ds.values("id"), zip(ds.values("d_keep"), ds.values("d_group"))))
         assert {i: v for i, v in got.items()} == {i: (keep.get(i), group.get(i)) for i in ids}  # outside: cleared
         tagged = set(ds.match_tags("k_false").values("id"))
         assert tagged == false | {ids[50]}  # by id == the recorded view, and the user's own tag kept
         assert set(ds.match(F("d_keep") == False).values("id")) == false  # noqa: E712
+        if every == 7 and view_ids is ids:
+            assert ds[ids[21]].tags == ["k_false"]
+    with runs.Run(ds, "defaults", "cols_test", fields, {}) as run:  # a later write's None beats the default
+        run.write_columns(ids, {"k": [True] * len(ids)}, defaults={"k": True})
+        run.write("k", ids[:2], [None, False])
+        run.commit()
+    assert ds.values("d_keep")[:3] == [None, False, True]
     with pytest.raises(ValueError, match="scalar"):
         with runs.Run(ds, "defaults2", "cols_test", {"v": ("d2_v", fo.ListField, {})}, {}) as run:
             run.write_columns(ids, {"v": [[1]] * len(ids)}, defaults={"v": [1]})
@@ -154,7 +166,7 @@ def test_a_rerun_keeps_tags_it_would_reapply_and_a_commit_killed_meanwhile_leave
     run(first)
     ds.select(ids[50]).tag_samples("t")  # a user's own sample with the run's tag name
 
-    def killed(self, coll, now):  # the old values cleared, the new not yet merged in
+    def killed(self, coll, now):  # the new values not yet merged in
         raise RuntimeError("killed")
 
     monkeypatch.setattr(runs.Run, "_merge_staged", killed)
@@ -176,6 +188,33 @@ def test_a_rerun_keeps_tags_it_would_reapply_and_a_commit_killed_meanwhile_leave
     assert all(t.count("t") <= 1 for t in ds.values("tags"))
     runs.delete_run(ds, "guarded")
     assert ds.match_tags("t").values("id") == [ids[50]]
+
+
+def test_a_sample_another_process_writes_during_the_commit_keeps_its_new_value_and_loses_a_stale_one(vec_dataset,
+                                                                                                      monkeypatch):
+    from datetime import datetime, timedelta
+
+    from bson import ObjectId
+
+    ds, ids, _ = vec_dataset
+    fields = {"a": ("cw_a", fo.FloatField, {})}
+    with runs.Run(ds, "cw", "cols_test", fields, {}) as run:
+        run.write("a", ids, [1.0] * len(ids))
+        run.commit()
+    merge = runs.Run._merge_staged
+
+    def merge_then_someone_writes(self, coll, now):
+        merge(self, coll, now)
+        later = datetime.utcnow() + timedelta(seconds=1)  # another process tags two samples meanwhile
+        coll.update_many({"_id": {"$in": [ObjectId(ids[0]), ObjectId(ids[59])]}},
+                         {"$set": {"last_modified_at": later}, "$addToSet": {"tags": "seen"}})
+
+    monkeypatch.setattr(runs.Run, "_merge_staged", merge_then_someone_writes)
+    with runs.Run(ds.select(ids[:30]), "cw", "cols_test", fields, {}) as run:  # a view: the rest is cleared
+        run.write("a", ids[:30], [2.0] * 30)
+        run.commit()
+    assert ds.values("cw_a") == [2.0] * 30 + [None] * 30  # ids[0]: its new value kept; ids[59]: its stale one gone
+    assert len(ds.match_tags("seen")) == 2
 
 
 def test_a_resumed_attempts_none_clears_what_it_staged(vec_dataset):
@@ -214,7 +253,7 @@ def test_a_first_run_that_fails_inside_its_commit_owns_its_fields_and_the_rerun_
     ds, ids, _ = vec_dataset
     fields = {"a": ("c5_a", fo.FloatField, {})}
 
-    def fails(self, coll, now):  # after the field was declared and old values cleared, before the new are merged
+    def fails(self, coll, now):  # after the field was declared, before the new values are merged
         raise RuntimeError("disk full")
 
     monkeypatch.setattr(runs.Run, "_merge_staged", fails)
