@@ -399,8 +399,8 @@ class Run:
         serialised by their fields as ``set_values`` does. A None is not staged in a fresh attempt (a missing value
         reads as None, and most group / error fields are mostly None) and clears the value in a resumed one.
 
-        ``defaults`` (``{short: scalar}``, once per field): the value most of these samples hold (a "keep" flag that
-        is True but for the duplicates). The commit sets it on all of ``ids`` in the same server-side update and
+        ``defaults`` (``{short: scalar}``, in one call per run): the value most of these samples hold (a "keep" flag
+        that is True but for the duplicates); a None written later for one of them still clears it. The commit sets it on all of ``ids`` in the same server-side update and
         only the other values are staged: one pass instead of a staged document per sample merged in."""
         if not self.primary:  # only rank 0 of a distributed job writes
             return
@@ -611,10 +611,10 @@ class Run:
         staged sample set, null where nothing was staged, ``last_modified_at`` = the commit's time), then the
         samples holding an old value that the merge did not touch (outside the view, or no value now) are cleared
         (one written by another process meanwhile only if it was not staged): a re-run whose samples all get
-        values rewrites each once. With defaults, the old values are cleared and the defaults set first (one update of every sample when
-        they cover the dataset, else a clearing pass and an update by id), then the ``$merge``. The staging
-        collection is dropped after. (Measured once at 50k: a single ``$merge`` whose per-document pipeline unsets
-        and merges was 5x slower.)"""
+        values rewrites each once. With defaults, the old values are cleared and the defaults set first (one
+        update of every sample when they cover the dataset, else a clearing pass and an update by id), then the
+        ``$merge``. The staging collection is dropped after. (Measured once at 50k: a single ``$merge`` whose
+        per-document pipeline unsets and merges was 5x slower.)"""
         from datetime import datetime
 
         from fiftyone.core.sample import Sample
@@ -643,13 +643,7 @@ class Run:
                                     {"$lookup": {"from": self._staging.name, "localField": "_id",
                                                  "foreignField": "_id", "as": "staged"}},
                                     {"$match": {"staged": {"$size": 0}}}, {"$project": {"_id": 1}}])
-            batch: list = []
-            for doc in stale:
-                batch.append(doc["_id"])
-                if len(batch) == ID_CHUNK:
-                    _update_ids(coll, batch, {}, clear)
-                    batch = []
-            _update_ids(coll, batch, {}, clear)
+            _update_ids(coll, [doc["_id"] for doc in stale], {}, clear)
         _drop_staging(ds, self.key)
         Sample._reload_docs(coll.name)  # in-memory samples see the new values (as set_values)
 

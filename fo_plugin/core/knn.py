@@ -4,10 +4,10 @@ The exact path on a GPU tiles queries x database so one similarity block never e
 top-k is merged across database tiles), whatever N is; on CPU it is faiss's brute-force search (its own bounded
 blocks; the torch tiles when faiss is missing). CPU work is done on numpy arrays (a CPU tensor is read in place,
 without a copy), so the embedding-level stages never import torch. Exact search is quadratic in N, so on CPU for
-large N ``method="auto"`` uses a faiss IVF-Flat index (k-means cells, ``nprobe`` cells searched per query), chosen over HNSW by measurement (``bench/bench_knn.py``,
-2 cores, N = 200k, 128-d clustered): IVF 96 s, recall@10 0.995, every planted copy found; HNSW (M=32, ef=64) 229 s,
-recall 0.985, 99.4% of copies; also less memory. Built once per embedding and shared by the duplicate and outlier
-scores.
+large N ``method="auto"`` uses a faiss IVF-Flat index (k-means cells, ``nprobe`` cells searched per query), chosen
+over HNSW by measurement (``bench/bench_knn.py``, 2 cores, N = 200k, 128-d clustered): IVF 96 s, recall@10 0.995,
+every planted copy found; HNSW (M=32, ef=64) 229 s, recall 0.985, 99.4% of copies; also less memory. Built once
+per embedding and shared by the duplicate and outlier scores.
 """
 
 from __future__ import annotations
@@ -41,9 +41,9 @@ def knn(x: np.ndarray | torch.Tensor, k: int, method: str = "auto", max_block_by
         x: (N, D) embeddings (any scale; rows are normalised here): an array, or a tensor (a CUDA one is searched on
             its GPU).
         k: neighbours per row (clamped to N - 1).
-        method ("auto"): ``"exact"`` (brute force: faiss's on CPU, memory-budgeted torch tiles on a GPU), ``"ivf"`` (faiss IVF-Flat, CPU),
-            ``"hnsw"`` (faiss HNSW, CPU), or ``"auto"``: exact on a GPU, exact on CPU when N <= 20,000 or faiss is
-            not installed, else IVF-Flat.
+        method ("auto"): ``"exact"`` (brute force: faiss's on CPU, memory-budgeted torch tiles on a GPU),
+            ``"ivf"`` (faiss IVF-Flat, CPU), ``"hnsw"`` (faiss HNSW, CPU), or ``"auto"``: exact on a GPU, exact on
+            CPU when N <= 20,000 or faiss is not installed, else IVF-Flat.
         max_block_bytes (256 MB): the most memory one exact similarity block of the torch tiles may take.
         nprobe (None): IVF cells searched per query (None: 16, recall@10 >= 0.99 on clustered data, see
             ``bench/bench_knn.py``; more when 16 cells hold fewer than ~4 k rows); for HNSW, the search breadth ``efSearch`` (None: max(64, 2 k)).
@@ -253,12 +253,13 @@ def index_search(index, q: np.ndarray | torch.Tensor, k: int, nprobe: int | None
     else:
         nprobe = nprobe or max(16, math.ceil(4 * (k + extra) * index.nlist / max(index.ntotal, 1)))
         params = faiss.SearchParametersIVF(nprobe=min(nprobe, index.nlist))
+    self_ids = None if self_ids is None else np.asarray(self_ids)
     idx = np.empty((len(qc), k), np.int64)
     sim = np.empty((len(qc), k), np.float32)
     for s in range(0, len(qc), chunk):
         part_s, part_i = index.search(np.ascontiguousarray(qc[s:s + chunk]), k + extra, params=params)
         if self_ids is not None:
-            part_i, part_s = _drop_self(part_i, part_s, np.asarray(self_ids)[s:s + chunk], k)
+            part_i, part_s = _drop_self(part_i, part_s, self_ids[s:s + chunk], k)
         idx[s:s + chunk], sim[s:s + chunk] = part_i, part_s
     sim[idx < 0] = -1.0
     return idx, sim
